@@ -1,0 +1,1 @@
+from ductwork.__about__ import __version__

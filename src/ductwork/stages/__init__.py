@@ -1,0 +1,1 @@
+"""Stage kinds: one module per kind, listed in :mod:`ductwork.stages.registry`."""
