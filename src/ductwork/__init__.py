@@ -1,1 +1,53 @@
+"""ductwork: build, run, serve and watch production pipelines for Data, ML and AI.
+
+The public API is imported lazily so that ``import ductwork`` (and ``ductwork --help``) stays
+fast; see :mod:`ductwork.api`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ductwork.__about__ import __version__
+
+if TYPE_CHECKING:
+    from ductwork.api import (
+        Stage,
+        artifact,
+        export,
+        gc,
+        lineage,
+        load,
+        pipeline,
+        plan,
+        run,
+        runs,
+        show,
+        stage,
+    )
+
+_API = {
+    "Stage",
+    "artifact",
+    "export",
+    "gc",
+    "lineage",
+    "load",
+    "pipeline",
+    "plan",
+    "run",
+    "runs",
+    "show",
+    "stage",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from ductwork import api
+
+        return getattr(api, name)
+    msg = f"module 'ductwork' has no attribute '{name}'"
+    raise AttributeError(msg)

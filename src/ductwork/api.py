@@ -1,0 +1,425 @@
+"""The Python API the CLI and notebooks share: one plain function per verb.
+
+    import ductwork as dw
+    pipe = dw.load("examples/flights/pipeline.yaml")
+    result = dw.run(pipe)                   # same options as the CLI: only, from_, to, force
+    df = dw.artifact(pipe, "joined")        # the latest artifact of a stage, as a Polars frame
+
+Pipelines can be written in Python too::
+
+    @dw.stage
+    def delayed(flights: pl.LazyFrame, threshold: int = 15) -> pl.LazyFrame:
+        return flights.with_columns(delayed=pl.col("dep_delay") > threshold)
+
+    pipe = dw.pipeline("demo", [
+        dw.Stage("flights", "extract", params={"path": "data/flights.parquet"}),
+        delayed,                            # inputs default to the function's parameter names
+    ])
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from ductwork.config import Settings, load_settings
+from ductwork.core.contract import ArtifactInfo
+from ductwork.core.events import Event
+from ductwork.core.graph import Pipeline
+from ductwork.core.records import Records
+from ductwork.core.runner import RunOptions, RunResult, Runner
+from ductwork.core.store import Store
+from ductwork.errors import DuctworkError, StoreError, UsageError, did_you_mean
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = [
+    "Project",
+    "Stage",
+    "artifact",
+    "artifact_info",
+    "export",
+    "gc",
+    "lineage",
+    "load",
+    "open_project",
+    "pipeline",
+    "plan",
+    "run",
+    "runs",
+    "show",
+    "stage",
+]
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str] = "pipeline.yaml", *, profile: str | None = None) -> Pipeline:
+    """Load and validate a pipeline file (raises SpecError listing every problem)."""
+    from ductwork.spec import load_pipeline
+
+    spec_path = Path(path)
+    if spec_path.is_dir():
+        spec_path = spec_path / "pipeline.yaml"
+    settings = load_settings(spec_path.absolute().parent)
+    project = str(spec_path.absolute().parent)
+    if project not in sys.path:
+        sys.path.insert(0, project)  # so `uses: module:function` finds project modules
+    return load_pipeline(spec_path, profile=profile or settings.profile)
+
+
+@dataclass
+class Stage:
+    """A stage declared in Python: the same fields as an item of ``stages:`` in YAML."""
+
+    name: str
+    kind: str | Callable[..., Any]
+    inputs: list[str] | dict[str, str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    expect: list[dict[str, Any]] = field(default_factory=list)
+    cache: bool = True
+    description: str = ""
+
+    def to_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "params": dict(self.params),
+            "expect": list(self.expect),
+            "cache": self.cache,
+            "description": self.description,
+        }
+        if callable(self.kind):
+            entry["kind"] = "python"
+            entry["uses"] = self.kind
+            if self.inputs is None:
+                entry["inputs"] = _signature_inputs(self.kind)
+        else:
+            entry["kind"] = self.kind
+        if self.inputs is not None:
+            entry["inputs"] = self.inputs
+        return entry
+
+
+def _signature_inputs(fn: Callable[..., Any]) -> list[str]:
+    """Parameters without defaults are inputs (Hamilton style); ``ctx`` is the stage context."""
+    out = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name == "ctx" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.default is inspect.Parameter.empty:
+            out.append(p.name)
+    return out
+
+
+@overload
+def stage(fn: Callable[..., Any], /) -> Stage: ...
+@overload
+def stage(
+    *,
+    name: str | None = None,
+    inputs: list[str] | dict[str, str] | None = None,
+    outputs: dict[str, str] | None = None,
+    expect: list[dict[str, Any]] | None = None,
+    cache: bool = True,
+    **args: Any,
+) -> Callable[[Callable[..., Any]], Stage]: ...
+
+
+def stage(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    inputs: list[str] | dict[str, str] | None = None,
+    outputs: dict[str, str] | None = None,
+    expect: list[dict[str, Any]] | None = None,
+    cache: bool = True,
+    **args: Any,
+) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    """Turn a function into a stage (kind ``python``); keyword ``args`` are passed to it."""
+
+    def wrap(f: Callable[..., Any]) -> Stage:
+        params: dict[str, Any] = {"args": args}
+        if outputs:
+            params["outputs"] = outputs
+        return Stage(
+            name=name or f.__name__,
+            kind=f,
+            inputs=inputs,
+            params=params,
+            expect=list(expect or []),
+            cache=cache,
+            description=(inspect.getdoc(f) or "").split("\n")[0],
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def pipeline(
+    name: str,
+    stages: Sequence[Stage | Mapping[str, Any]],
+    *,
+    project_dir: str | os.PathLike[str] | None = None,
+    executor: Mapping[str, Any] | None = None,
+    profile: str | None = None,
+) -> Pipeline:
+    """Build a pipeline in Python; validated exactly like a pipeline file."""
+    from ductwork.spec import build_pipeline
+
+    data: dict[str, Any] = {
+        "pipeline": name,
+        "stages": [s.to_entry() if isinstance(s, Stage) else dict(s) for s in stages],
+    }
+    if executor:
+        data["executor"] = dict(executor)
+    return build_pipeline(data, project_dir=Path(project_dir or Path.cwd()).absolute(), profile=profile)
+
+
+# -- the project: store + records ---------------------------------------------------------------
+
+
+@dataclass
+class Project:
+    pipeline: Pipeline
+    settings: Settings
+    store: Store
+    records: Records
+
+
+def open_project(pipe: Pipeline, settings: Settings | None = None) -> Project:
+    settings = settings or load_settings(pipe.project_dir)
+    store = Store(settings.store_path(pipe.project_dir))
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    if url is None:
+        db = store.root / "records.db"
+    elif url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        db = db if db.is_absolute() else pipe.project_dir / db
+    else:
+        scheme = url.split(":", 1)[0]
+        msg = f"run records in '{scheme}' databases are not supported yet"
+        raise UsageError(msg, hint="Use a sqlite:/// URL or leave DUCTWORK_DATABASE_URL unset.")
+    return Project(pipe, settings, store, Records(db))
+
+
+def _as_pipeline(p: Pipeline | str | os.PathLike[str]) -> Pipeline:
+    return p if isinstance(p, Pipeline) else load(p)
+
+
+# -- verbs --------------------------------------------------------------------------------------
+
+
+def run(
+    p: Pipeline | str | os.PathLike[str],
+    *,
+    only: Sequence[str] = (),
+    from_: Sequence[str] = (),
+    to: Sequence[str] = (),
+    force: bool = False,
+    dry_run: bool = False,
+    executor: str | None = None,
+    workers: int | None = None,
+    pool: str | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """Run a pipeline (or the selected part of it) and return the result of every stage."""
+    pipe = _as_pipeline(p)
+    proj = open_project(pipe)
+    s = proj.settings
+    options = RunOptions(
+        only=tuple(only),
+        from_=tuple(from_),
+        to=tuple(to),
+        force=force,
+        dry_run=dry_run,
+        executor=executor or s.executor,
+        workers=workers if workers is not None else s.workers,
+        pool=pool or s.pool,
+    )
+    try:
+        return Runner(pipe, proj.store, proj.records, on_event).run(options)
+    finally:
+        proj.records.close()
+
+
+def plan(p: Pipeline | str | os.PathLike[str], **kwargs: Any) -> RunResult:
+    """What a run would do: per stage cached or stale, and why. Runs nothing."""
+    return run(p, dry_run=True, **kwargs)
+
+
+def _latest_outputs(proj: Project, stage_name: str) -> tuple[dict[str, str], dict[str, Any]]:
+    pipe = proj.pipeline
+    if stage_name not in pipe.stages:
+        msg = f"no stage named '{stage_name}'{did_you_mean(stage_name, pipe.stages)}"
+        raise UsageError(msg, hint=f"Stages: {', '.join(pipe.stages)}")
+    last = proj.records.last_stage_run(stage_name, pipe.name, ("ok", "cached", "saved"))
+    if last is None:
+        msg = f"stage '{stage_name}' has no artifacts yet"
+        raise UsageError(msg, hint=f"Run it first: ductwork run --to {stage_name}")
+    return proj.records.stage_io(last["run_id"], stage_name)["out"], last
+
+
+def artifact_info(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None) -> ArtifactInfo:
+    """The manifest of the latest artifact of a stage output."""
+    pipe = _as_pipeline(p)
+    proj = open_project(pipe)
+    outs, _ = _latest_outputs(proj, stage_name)
+    name = output or pipe.stages[stage_name].main_output
+    if name not in outs:
+        msg = f"stage '{stage_name}' has no output '{name}'{did_you_mean(name, outs)}"
+        raise UsageError(msg, hint=f"Outputs: {', '.join(outs)}")
+    return proj.store.info(outs[name])
+
+
+def artifact(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None) -> Any:
+    """The latest artifact of a stage: a Polars DataFrame for tables, data for json, str for text."""
+    info = artifact_info(p, stage_name, output)
+    return read_artifact(info)
+
+
+def read_artifact(info: ArtifactInfo) -> Any:
+    import json
+
+    if info.type == "table":
+        import polars as pl
+
+        return pl.read_parquet(info.path)
+    if info.type == "json":
+        return json.loads(Path(info.path).read_bytes())
+    if info.type == "text":
+        return Path(info.path).read_text(encoding="utf-8")
+    return Path(info.path)
+
+
+def show(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None, head: int = 10) -> dict[str, Any]:
+    """Schema, first rows and per-column stats of a stage's latest artifact."""
+    info = artifact_info(p, stage_name, output)
+    out: dict[str, Any] = {"stage": stage_name, "output": output, **info.to_dict(), "path": info.path}
+    if info.type == "table":
+        import polars as pl
+
+        lf = pl.scan_parquet(info.path)
+        out["head"] = lf.head(head).collect().to_dicts()
+        stats = lf.describe() if hasattr(lf, "describe") else lf.collect().describe()
+        out["stats"] = stats.to_dicts()
+    elif info.type == "json":
+        out["value"] = read_artifact(info)
+    elif info.type == "text":
+        out["value"] = read_artifact(info)[:4000]
+    return out
+
+
+def export(p: Pipeline | str | os.PathLike[str], stage_name: str, file: str | os.PathLike[str], output: str | None = None) -> Path:
+    """Write a stage's latest artifact to a file (format from the extension for tables)."""
+    import shutil
+
+    info = artifact_info(p, stage_name, output)
+    target = Path(file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if info.type == "table":
+        import polars as pl
+
+        lf = pl.scan_parquet(info.path)
+        suffix = target.suffix.lower()
+        if suffix == ".parquet":
+            shutil.copyfile(info.path, target)
+        elif suffix in (".csv", ".tsv"):
+            lf.sink_csv(target, separator="\t" if suffix == ".tsv" else ",")
+        elif suffix in (".ndjson", ".jsonl"):
+            lf.sink_ndjson(target)
+        elif suffix == ".json":
+            lf.collect().write_json(target)
+        else:
+            msg = f"cannot export a table as '{suffix or target.name}'"
+            raise UsageError(msg, hint="Use .parquet, .csv, .tsv, .ndjson/.jsonl or .json.")
+    elif info.type == "files":
+        shutil.copytree(info.path, target, dirs_exist_ok=True)
+    else:
+        shutil.copyfile(info.path, target)
+    return target
+
+
+def runs(p: Pipeline | str | os.PathLike[str], limit: int = 20) -> list[dict[str, Any]]:
+    """Recent runs of the pipeline, newest first, with their stage runs."""
+    import json
+
+    pipe = _as_pipeline(p)
+    proj = open_project(pipe)
+    out = []
+    for r in proj.records.runs(limit, pipe.name):
+        r = dict(r)
+        r["options"] = json.loads(r.get("options") or "{}")
+        r["summary"] = json.loads(r["summary"]) if r.get("summary") else None
+        r["stages"] = [
+            {k: s[k] for k in ("stage", "kind", "status", "duration_s", "rows_in", "rows_out", "error")}
+            for s in proj.records.stage_runs(r["run_id"])
+        ]
+        out.append(r)
+    return out
+
+
+def artifacts(p: Pipeline | str | os.PathLike[str], limit: int = 100) -> list[dict[str, Any]]:
+    pipe = _as_pipeline(p)
+    return open_project(pipe).records.artifacts(limit)
+
+
+def lineage(p: Pipeline | str | os.PathLike[str], target: str, output: str | None = None) -> dict[str, Any]:
+    """Which runs and inputs produced an artifact (a stage name or an artifact id), recursively."""
+    pipe = _as_pipeline(p)
+    proj = open_project(pipe)
+    if target in pipe.stages:
+        outs, _ = _latest_outputs(proj, target)
+        sha = outs[output or pipe.stages[target].main_output]
+    else:
+        try:
+            sha = proj.store.resolve_prefix(target)
+        except StoreError as exc:
+            msg = f"'{target}' is neither a stage nor an artifact id{did_you_mean(target, pipe.stages)}"
+            raise UsageError(msg) from exc
+
+    def node(sha: str, depth: int) -> dict[str, Any]:
+        producers = proj.records.producers(sha)
+        info: dict[str, Any] = {"sha256": sha}
+        try:
+            man = proj.store.manifest(sha)
+            info.update({k: man.get(k) for k in ("type", "rows", "bytes")})
+        except DuctworkError:
+            info["missing"] = True
+        info["produced_by"] = [
+            {"run_id": r["run_id"], "stage": r["stage"], "kind": r["kind"], "status": r["status"], "output": r["output"]}
+            for r in producers
+        ]
+        first = next((r for r in producers if r["status"] == "ok"), producers[0] if producers else None)
+        if first is not None and depth < 50:
+            ins = proj.records.stage_io(first["run_id"], first["stage"])["in"]
+            info["inputs"] = {name: node(s, depth + 1) for name, s in ins.items()}
+        return info
+
+    return node(sha, 0)
+
+
+def gc(p: Pipeline | str | os.PathLike[str], keep: int = 5, dry_run: bool = False) -> dict[str, Any]:
+    """Delete artifacts no longer referenced by the latest ``keep`` runs of any pipeline."""
+    pipe = _as_pipeline(p)
+    proj = open_project(pipe)
+    if proj.records.running_runs():
+        proj.records.mark_interrupted()
+        if proj.records.running_runs():
+            msg = "a run is in progress on this store"
+            raise UsageError(msg, hint="Wait for it to finish, then run gc again.")
+    keep_shas = proj.records.referenced_by_latest_runs(keep)
+    result = proj.store.gc(keep_shas, dry_run=dry_run)
+    return {"kept_runs": keep, "kept_artifacts": len(keep_shas), "dry_run": dry_run, **result}
+
+
+def frame(info: ArtifactInfo) -> pl.DataFrame:
+    import polars as pl
+
+    return pl.read_parquet(info.path)

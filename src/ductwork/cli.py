@@ -1,0 +1,495 @@
+"""The ``ductwork`` command: parse -> call :mod:`ductwork.api` -> render. Nothing else.
+
+Exit codes: 0 ok, 1 a stage failed, 2 usage/spec/data-contract error. JSON (one object per
+line) when ``--json`` is given or stdout is not a terminal; Rich tables otherwise.
+Heavy modules (polars, pydantic, rich) are imported inside the commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+PIPELINE_ARG = click.argument(
+    "pipeline_file",
+    metavar="[PIPELINE]",
+    default="pipeline.yaml",
+    type=click.Path(dir_okay=True),
+)
+
+
+class State:
+    json: bool | None = None
+    debug: bool = False
+
+
+STATE = State()
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def set_json(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool | None:
+        if value is not None:
+            STATE.json = value
+        return value
+
+    return click.option(
+        "--json/--no-json",
+        "as_json",
+        default=None,
+        expose_value=False,
+        callback=set_json,
+        is_eager=True,
+        help="JSON lines for machines (default when stdout is not a terminal).",
+    )(fn)
+
+
+def use_json() -> bool:
+    if STATE.json is not None:
+        return STATE.json
+    return not sys.stdout.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ductwork", prog_name="ductwork")
+@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+def cli(debug: bool) -> None:
+    """Build, run and inspect pipelines: extract -> validate -> transform -> load.
+
+    \b
+    Quick start:
+      ductwork check pipeline.yaml      validate the file, run nothing
+      ductwork plan pipeline.yaml       what would run, what is cached, and why
+      ductwork run pipeline.yaml        run it (unchanged stages are reused)
+      ductwork show STAGE               schema, rows and stats of a stage's artifact
+
+    Every command takes the pipeline file as its first argument (default: ./pipeline.yaml),
+    and --json for machine-readable output. Settings come from DUCTWORK_* environment
+    variables or a .env file next to the pipeline (DUCTWORK_STORE, DUCTWORK_PROFILE, ...).
+    """
+    STATE.debug = debug
+
+
+# -- run / plan / check -------------------------------------------------------------------------
+
+
+def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--only", multiple=True, metavar="STAGE", help="Run only this stage (repeatable); others use saved artifacts."),
+        click.option("--from", "from_", multiple=True, metavar="STAGE", help="Run this stage and everything downstream of it."),
+        click.option("--to", multiple=True, metavar="STAGE", help="Run this stage and everything it depends on."),
+        click.option("--profile", metavar="NAME", help="Apply each stage's `profiles: NAME` overrides (or DUCTWORK_PROFILE)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@cli.command()
+@PIPELINE_ARG
+@_selection_options
+@click.option("--force", is_flag=True, help="Re-run selected stages even when cached.")
+@click.option("--dry-run", is_flag=True, help="Show what would run and why; run nothing (same as plan).")
+@click.option("--executor", type=click.Choice(["local"]), help="Where stages run (default: local).")
+@click.option("--workers", type=click.IntRange(min=1), help="Stages run at once (default: the pipeline's executor.workers).")
+@click.option("--pool", type=click.Choice(["thread", "process"]), help="thread (Polars work) or process (CPU-bound Python).")
+@click.option("-v", "--verbose", is_flag=True, help="Print a line per finished stage when not on a terminal.")
+@json_option
+def run(
+    pipeline_file: str,
+    only: tuple[str, ...],
+    from_: tuple[str, ...],
+    to: tuple[str, ...],
+    profile: str | None,
+    force: bool,
+    dry_run: bool,
+    executor: str | None,
+    workers: int | None,
+    pool: str | None,
+    verbose: bool,
+) -> int:
+    """Run a pipeline. Unchanged stages are reused from the artifact store.
+
+    A failed stage keeps every artifact made before it; run again after a fix and only
+    the failed stage and what depends on it run.
+
+    \b
+    Examples:
+      ductwork run                          the pipeline.yaml here
+      ductwork run examples/flights         a directory with a pipeline.yaml
+      ductwork run --only joined            re-run one stage from saved inputs
+      ductwork run --from checked --force   re-run a stage and everything after it
+      ductwork run --json | jq .status      machine-readable events and summary
+    """
+    from ductwork import api
+
+    pipe = api.load(pipeline_file, profile=profile)
+    renderer = _renderer(verbose=verbose)
+    result = api.run(
+        pipe,
+        only=only,
+        from_=from_,
+        to=to,
+        force=force,
+        dry_run=dry_run,
+        executor=executor,
+        workers=workers,
+        pool=pool,
+        on_event=renderer,
+    )
+    return result.exit_code
+
+
+@cli.command()
+@PIPELINE_ARG
+@_selection_options
+@json_option
+def plan(pipeline_file: str, only: tuple[str, ...], from_: tuple[str, ...], to: tuple[str, ...], profile: str | None) -> int:
+    """Show the DAG and, per stage, whether it is cached or stale and why."""
+    from ductwork import api
+
+    pipe = api.load(pipeline_file, profile=profile)
+    result = api.plan(pipe, only=only, from_=from_, to=to, on_event=_renderer())
+    return result.exit_code
+
+
+@cli.command()
+@PIPELINE_ARG
+@click.option("--profile", metavar="NAME", help="Validate with this profile's overrides applied.")
+@json_option
+def check(pipeline_file: str, profile: str | None) -> int:
+    """Validate a pipeline file without running anything (exit 2 on errors)."""
+    from ductwork import api
+
+    pipe = api.load(pipeline_file, profile=profile)
+    stages = [
+        {
+            "name": n.name,
+            "kind": n.kind,
+            "inputs": {k: str(v) for k, v in n.inputs.items()},
+            "outputs": {k: o.type for k, o in n.outputs.items()},
+        }
+        for n in (pipe.stages[s] for s in pipe.order)
+    ]
+    if use_json():
+        _emit_json({"schema": "ductwork.check/v1", "ok": True, "pipeline": pipe.name, "stages": stages})
+    else:
+        from rich.console import Console
+        from rich.tree import Tree
+
+        tree = Tree(f"[bold]{pipe.name}[/bold] · {len(stages)} stages · ok")
+        for s in stages:
+            ins = ", ".join(s["inputs"].values()) or "-"
+            outs = ", ".join(f"{k}:{t}" for k, t in s["outputs"].items())
+            tree.add(f"[bold]{s['name']}[/bold] [dim]({s['kind']})[/dim]  ← {ins}  → {outs}")
+        Console().print(tree)
+    return 0
+
+
+# -- inspection ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@PIPELINE_ARG
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
+@json_option
+def runs(pipeline_file: str, limit: int) -> int:
+    """List recent runs with their status and stage counts."""
+    from ductwork import api
+
+    items = api.runs(pipeline_file, limit)
+    if use_json():
+        _emit_json({"schema": "ductwork.runs/v1", "runs": items})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="runs", box=None, header_style="bold")
+    for col in ("run", "status", "started (UTC)", "duration", "stages"):
+        t.add_column(col)
+    import time
+
+    for r in items:
+        dur = f"{r['ended'] - r['started']:.2f} s" if r.get("ended") else ""
+        counts: dict[str, int] = {}
+        for s in r["stages"]:
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
+        t.add_row(
+            r["run_id"],
+            r["status"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"])),
+            dur,
+            ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        )
+    Console().print(t)
+    return 0
+
+
+@cli.command()
+@click.argument("stage")
+@click.option("-p", "--pipeline", "pipeline_file", default="pipeline.yaml", show_default=True, help="The pipeline file.")
+@click.option("-o", "--output", help="Which output of the stage (default: its main output).")
+@click.option("--head", default=10, show_default=True, help="Rows to show.")
+@json_option
+def show(stage: str, pipeline_file: str, output: str | None, head: int) -> int:
+    """Schema, first rows and stats of a stage's latest artifact."""
+    from ductwork import api
+
+    info = api.show(pipeline_file, stage, output, head)
+    if use_json():
+        _emit_json({"schema": "ductwork.show/v1", **info})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    c.print(
+        f"[bold]{stage}[/bold]{'.' + output if output else ''} · {info['type']} · "
+        f"{info.get('rows') if info.get('rows') is not None else ''} rows · {info['bytes']:,} bytes · {info['sha256'][:12]}"
+    )
+    if info["type"] == "table":
+        schema = Table(title="schema", box=None, header_style="bold")
+        schema.add_column("column")
+        schema.add_column("type")
+        for k, v in (info.get("schema") or {}).items():
+            schema.add_row(k, v)
+        c.print(schema)
+        for title, rows in (("head", info.get("head") or []), ("stats", info.get("stats") or [])):
+            if not rows:
+                continue
+            t = Table(title=title, box=None, header_style="bold")
+            for col in rows[0]:
+                t.add_column(str(col), overflow="fold")
+            for r in rows:
+                t.add_row(*("" if v is None else str(v) for v in r.values()))
+            c.print(t)
+    else:
+        from rich.pretty import Pretty
+
+        c.print(Pretty(info.get("value")) if info["type"] == "json" else info.get("value", ""))
+    return 0
+
+
+@cli.command()
+@PIPELINE_ARG
+@click.option("-n", "--limit", default=50, show_default=True)
+@json_option
+def artifacts(pipeline_file: str, limit: int) -> int:
+    """List artifacts in the store with the stage that produced them."""
+    from ductwork import api
+
+    items = api.artifacts(pipeline_file, limit)
+    if use_json():
+        _emit_json({"schema": "ductwork.artifacts/v1", "artifacts": items})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, header_style="bold")
+    for col in ("id", "type", "rows", "bytes", "stage.output", "run"):
+        t.add_column(col)
+    for a in items:
+        t.add_row(
+            a["sha256"][:12],
+            a["type"],
+            "" if a["rows"] is None else f"{a['rows']:,}",
+            f"{a['bytes']:,}" if a["bytes"] is not None else "",
+            f"{a.get('stage')}.{a.get('output')}" if a.get("stage") else "",
+            a.get("run_id") or "",
+        )
+    Console().print(t)
+    return 0
+
+
+@cli.command()
+@click.argument("stage")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-p", "--pipeline", "pipeline_file", default="pipeline.yaml", show_default=True)
+@click.option("-o", "--output", help="Which output of the stage (default: its main output).")
+@json_option
+def export(stage: str, file: str, pipeline_file: str, output: str | None) -> int:
+    """Write a stage's latest artifact to FILE (.parquet, .csv, .tsv, .ndjson, .json)."""
+    from ductwork import api
+
+    path = api.export(pipeline_file, stage, file, output)
+    if use_json():
+        _emit_json({"schema": "ductwork.export/v1", "stage": stage, "output": output, "file": str(path)})
+    else:
+        click.echo(f"wrote {path}")
+    return 0
+
+
+@cli.command()
+@click.argument("target", metavar="STAGE|ARTIFACT_ID")
+@click.option("-p", "--pipeline", "pipeline_file", default="pipeline.yaml", show_default=True)
+@click.option("-o", "--output", help="Which output of the stage (default: its main output).")
+@json_option
+def lineage(target: str, pipeline_file: str, output: str | None) -> int:
+    """Which runs and input artifacts produced an artifact, back to the sources."""
+    from ductwork import api
+
+    tree_data = api.lineage(pipeline_file, target, output)
+    if use_json():
+        _emit_json({"schema": "ductwork.lineage/v1", "lineage": tree_data})
+        return 0
+    from rich.console import Console
+    from rich.tree import Tree
+
+    def label(n: dict[str, Any]) -> str:
+        prod = n.get("produced_by") or []
+        who = f"{prod[0]['stage']} ({prod[0]['kind']}) in run {prod[0]['run_id']}" if prod else "unknown producer"
+        rows = f" · {n['rows']:,} rows" if n.get("rows") is not None else ""
+        more = f" · {len(prod)} runs" if len(prod) > 1 else ""
+        return f"[bold]{n['sha256'][:12]}[/bold] {n.get('type', '')}{rows} ← {who}{more}"
+
+    def add(tree: Tree, n: dict[str, Any]) -> None:
+        for name, child in (n.get("inputs") or {}).items():
+            add(tree.add(f"[dim]{name}:[/dim] {label(child)}"), child)
+
+    root = Tree(label(tree_data))
+    add(root, tree_data)
+    Console().print(root)
+    return 0
+
+
+@cli.command()
+@PIPELINE_ARG
+@click.option("--keep", default=5, show_default=True, help="Keep artifacts used by the latest N runs of each pipeline.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@json_option
+def gc(pipeline_file: str, keep: int, dry_run: bool) -> int:
+    """Delete artifacts that the latest runs no longer reference."""
+    from ductwork import api
+
+    res = api.gc(pipeline_file, keep=keep, dry_run=dry_run)
+    if use_json():
+        _emit_json({"schema": "ductwork.gc/v1", **res})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        click.echo(
+            f"{verb} {res['objects_removed']} artifacts ({res['bytes_removed']:,} bytes) and "
+            f"{res['cache_entries_removed']} cache entries; kept {res['kept_artifacts']} artifacts "
+            f"of the latest {keep} runs"
+        )
+    return 0
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@json_option
+def kinds(kind: str | None) -> int:
+    """List stage kinds, or show the params of one kind (as JSON Schema with --json)."""
+    from ductwork.stages.registry import KINDS, get_kind
+
+    if kind is None:
+        rows = []
+        for name in sorted(KINDS):
+            try:
+                cls = get_kind(name)
+                rows.append({"kind": name, "version": cls.version, "summary": cls.summary, "outputs": {k: o.type for k, o in cls.outputs.items()}})
+            except ImportError as exc:
+                rows.append({"kind": name, "error": str(exc)})
+        if use_json():
+            _emit_json({"schema": "ductwork.kinds/v1", "kinds": rows})
+        else:
+            for r in rows:
+                outs = ", ".join(f"{k}:{t}" for k, t in r.get("outputs", {}).items())
+                click.echo(f"{r['kind']:<10} → {outs:<40} {r.get('summary', r.get('error', ''))}")
+        return 0
+    cls = get_kind(kind)
+    schema = cls.Params.model_json_schema()
+    if use_json():
+        _emit_json({"schema": "ductwork.kind/v1", "kind": kind, "params": schema})
+    else:
+        click.echo(f"{kind} (version {cls.version}): {cls.summary}")
+        click.echo(f"inputs: {cls.min_inputs} to {cls.max_inputs if cls.max_inputs is not None else 'any'}")
+        click.echo("outputs: " + ", ".join(f"{k} ({o.type})" for k, o in cls.outputs.items()))
+        click.echo("params:")
+        required = set(schema.get("required", []))
+        for name, prop in schema.get("properties", {}).items():
+            desc = prop.get("description", "")
+            flag = " (required)" if name in required else ""
+            click.echo(f"  {name}{flag}: {desc}")
+    return 0
+
+
+@cli.command("schema")
+def schema_cmd() -> int:
+    """Print the JSON Schema of pipeline files (for editor completion)."""
+    from ductwork.spec import pipeline_json_schema
+
+    _emit_json(pipeline_json_schema(), indent=2)
+    return 0
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+
+def _renderer(verbose: bool = False) -> Callable[[Any], None]:
+    if use_json():
+        from ductwork.render.jsonl import JsonRenderer
+
+        return JsonRenderer()
+    from ductwork.render.console import ConsoleRenderer
+
+    return ConsoleRenderer(verbose=verbose)
+
+
+def _emit_json(obj: Any, indent: int | None = None) -> None:
+    import json
+
+    click.echo(json.dumps(obj, default=str, indent=indent))
+
+
+def _report_error(exc: BaseException) -> int:
+    from ductwork.errors import DuctworkError
+
+    if isinstance(exc, DuctworkError):
+        code, message, hint, kind = exc.exit_code, exc.message, exc.hint, type(exc).__name__
+    else:
+        code, kind = 1, "UnexpectedError"
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+        hint = "Rerun with --debug for the traceback, and please report it."
+    if use_json():
+        _emit_json(
+            {
+                "schema": "ductwork.error/v1",
+                "event": "error",
+                "status": "error",
+                "exit_code": code,
+                "error": {"type": kind, "message": message, "hint": hint, "exit_code": code},
+            }
+        )
+    from ductwork.render.console import print_error
+
+    print_error(message, hint)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point."""
+    try:
+        rv = cli.main(args=argv, prog_name="ductwork", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code not in (0,) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: artifacts already written are kept; run again to resume", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        from ductwork.errors import DuctworkError
+
+        if STATE.debug or (os.environ.get("DUCTWORK_DEBUG") and not isinstance(exc, DuctworkError)):
+            import traceback
+
+            traceback.print_exc()
+        sys.exit(_report_error(exc))
+    sys.exit(rv if isinstance(rv, int) else 0)

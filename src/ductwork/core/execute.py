@@ -1,0 +1,218 @@
+"""Running one stage: a pure function of (params, input artifacts) -> output artifacts.
+
+:func:`execute_stage` is what every executor calls, in this process, a worker process or (later)
+a Ray task. It takes a picklable :class:`StageTask`, reads inputs from the store, runs the kind,
+writes the outputs to the store, checks the invariants and returns a :class:`StageResult`.
+It never touches the run records: the runner does that with the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ductwork.core.contract import (
+    ArtifactInfo,
+    InputArtifact,
+    Inputs,
+    Output,
+    ProgressFn,
+    StageContext,
+    StageKind,
+    _no_progress,
+)
+from ductwork.core.store import Store
+from ductwork.errors import DuctworkError, InvariantError
+
+
+@dataclass
+class StageTask:
+    """Everything needed to run one stage, picklable."""
+
+    run_id: str
+    stage: str
+    kind: str
+    kind_path: str
+    params: Any  # the validated StageParams model
+    inputs: dict[str, ArtifactInfo]
+    outputs: dict[str, Output]
+    expect: list[dict[str, Any]]
+    fingerprint: str
+    store_root: str
+    project_dir: str
+    allow_outside_project: bool = False
+    kind_cls: Any = None  # set for in-process execution (e.g. kinds defined in __main__)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    ok: bool
+    outputs: dict[str, ArtifactInfo] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows_in: int | None = None
+    rows_out: int | None = None
+    started: float = 0.0
+    ended: float = 0.0
+    error: dict[str, Any] | None = None
+    logs: list[str] = field(default_factory=list)
+
+
+def _resolve_kind(task: StageTask) -> type[StageKind[Any]]:
+    if task.kind_cls is not None:
+        cls: type[StageKind[Any]] = task.kind_cls
+        return cls
+    import importlib
+
+    module_name, _, attr = task.kind_path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
+    if isinstance(exc, DuctworkError):
+        return {
+            "type": type(exc).__name__,
+            "message": exc.message,
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+            "traceback": traceback.format_exc(),
+        }
+    return {
+        "type": type(exc).__name__,
+        "message": f"{type(exc).__name__}: {exc}",
+        "hint": None,
+        "exit_code": 1,
+        "traceback": traceback.format_exc(),
+    }
+
+
+def _store_output(store: Store, value: Any, spec: Output, name: str, producer: Mapping[str, Any]) -> ArtifactInfo:
+    import polars as pl
+
+    if spec.type == "table":
+        if not isinstance(value, pl.DataFrame | pl.LazyFrame):
+            msg = f"output '{name}' must be a polars DataFrame or LazyFrame, got {type(value).__name__}"
+            raise InvariantError(msg)
+        return store.put_table(value, producer)
+    if spec.type == "json":
+        try:
+            return store.put_json(value, producer)
+        except ValueError as exc:  # NaN/inf are not JSON
+            msg = f"output '{name}' is not valid JSON: {exc}"
+            raise InvariantError(msg) from exc
+    if spec.type == "text":
+        if not isinstance(value, str):
+            msg = f"output '{name}' must be a str, got {type(value).__name__}"
+            raise InvariantError(msg)
+        return store.put_text(value, producer)
+    path = Path(value)
+    if not path.is_dir():
+        msg = f"output '{name}' must be a directory path, got {value!r}"
+        raise InvariantError(msg)
+    return store.put_files(path, producer)
+
+
+def builtin_violations(outputs: Mapping[str, Output], infos: Mapping[str, ArtifactInfo]) -> list[str]:
+    """The invariants every stage has: declared outputs present and non-empty where declared."""
+    problems = []
+    for name, spec in outputs.items():
+        info = infos.get(name)
+        if info is None:
+            problems.append(f"declared output '{name}' was not produced")
+        elif spec.non_empty and spec.type == "table" and not info.rows:
+            problems.append(f"output '{name}' must not be empty but has 0 rows")
+    return problems
+
+
+def expect_violations(rules: list[dict[str, Any]], infos: Mapping[str, ArtifactInfo], main: str) -> list[str]:
+    """User ``expect:`` rules (the validate vocabulary) checked on output tables."""
+    if not rules:
+        return []
+    import polars as pl
+
+    from ductwork.core.checks import expectation_violations
+
+    by_output: dict[str, list[dict[str, Any]]] = {}
+    for rule in rules:
+        r = dict(rule)
+        out = r.pop("output", main)
+        by_output.setdefault(out, []).append(r)
+    problems = []
+    for out, rs in by_output.items():
+        info = infos.get(out)
+        if info is None or info.type != "table":
+            problems.append(f"expect rules name output '{out}', which is not a table output")
+            continue
+        for p in expectation_violations(pl.scan_parquet(info.path), rs):
+            problems.append(f"output '{out}': {p}")
+    return problems
+
+
+def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> StageResult:
+    """Run one stage and publish its outputs. Never raises: failures are in the result."""
+    started = time.time()
+    store = Store(task.store_root)
+    result = StageResult(stage=task.stage, ok=False, started=started)
+    with store.tmp_dir() as tmp:
+        ctx = StageContext(
+            stage=task.stage,
+            run_id=task.run_id,
+            project_dir=Path(task.project_dir),
+            tmp_dir=tmp,
+            allow_outside_project=task.allow_outside_project,
+            progress_fn=progress,
+        )
+        try:
+            kind_cls = _resolve_kind(task)
+            kind = kind_cls()
+            inputs = Inputs({name: InputArtifact(name, info) for name, info in task.inputs.items()})
+            values = kind.run(task.params, inputs, ctx)
+            missing = [n for n in task.outputs if n not in values]
+            if missing:
+                msg = f"the stage returned no value for output(s) {', '.join(missing)}"
+                raise InvariantError(msg)
+            producer = {"stage": task.stage, "kind": task.kind, "run_id": task.run_id, "fingerprint": task.fingerprint}
+            infos = {
+                name: _store_output(store, values[name], spec, name, producer)
+                for name, spec in task.outputs.items()
+            }
+            problems = builtin_violations(task.outputs, infos)
+            problems += kind.check(task.params, inputs, infos, ctx)
+            problems += expect_violations(task.expect, infos, next(iter(task.outputs)))
+            if problems:
+                msg = "invariant broken: " + "; ".join(problems)
+                raise InvariantError(msg)
+            result.outputs = infos
+            result.ok = True
+            table_rows = [i.rows for i in task.inputs.values() if i.type == "table" and i.rows is not None]
+            result.rows_in = sum(table_rows) if table_rows else None
+            main = infos[next(iter(task.outputs))]
+            result.rows_out = main.rows
+        except BaseException as exc:  # the runner decides what a failure means
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            result.error = _error_dict(exc, task.stage)
+        result.metrics = _jsonable(ctx.metrics)
+        result.logs = ctx.logs
+    result.ended = time.time()
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
