@@ -14,6 +14,7 @@ import json
 import math
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -218,10 +219,25 @@ def paths_digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+_source_cache: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def source_digest(obj: Any) -> str:
-    """sha256 of a Python object's source (function or class); falls back to its qualname."""
+    """sha256 of a Python object's source (function or class); falls back to its qualname.
+
+    Cached per object: a redefined function is a new object, so edits are still seen.
+    """
+    try:
+        return _source_cache[obj]
+    except (KeyError, TypeError):
+        pass
     try:
         src = inspect.getsource(obj)
     except (OSError, TypeError):
         src = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-    return sha256_text(src)
+    digest = sha256_text(src)
+    try:
+        _source_cache[obj] = digest
+    except TypeError:
+        pass
+    return digest

@@ -2,16 +2,18 @@
 
 Layout under the store root (default ``<project>/.ductwork``)::
 
-    objects/ab/<sha256>.parquet|.json|.txt   payload, named by the sha256 of its content
-    objects/ab/<sha256>/                     a file-set artifact (directory)
-    objects/ab/<sha256>.manifest.json        type, schema, rows, bytes, sha256, producer
-    cache/ab/<fingerprint>.json              stage cache entry: fingerprint -> output shas
-    tmp/                                     work in progress (never read by anyone else)
+    objects/<sha256>.parquet|.json|.txt   payload, named by the sha256 of its content
+    objects/<sha256>/                     a file-set artifact (directory)
+    objects/<sha256>.manifest.json        type, schema, rows, bytes, sha256, producer
+    cache/<fingerprint>.json              stage cache entry: fingerprint -> output shas
+    tmp/                                  work in progress (never read by anyone else)
 
-Publication order makes every crash safe: payload written to ``tmp/`` and fsynced, renamed
-into ``objects/`` (atomic), then its manifest (tmp + fsync + rename), then — after all outputs
-of a stage — the cache entry. An object without a manifest is invisible; a stage without a
-cache entry is re-run. Identical content written twice is stored once.
+Publication order makes every crash safe: the payload is written to ``tmp/`` and fsynced,
+renamed into ``objects/`` (atomic), then its manifest is written (tmp + rename), then — after all
+outputs of a stage — the cache entry (tmp + fsync + rename). An object without a manifest is
+invisible; a stage without a cache entry is re-run; a manifest that a power loss truncated is
+read as missing. Identical content written twice is stored once. The layout is flat (no
+fan-out directories): local filesystems index large directories, object stores have none.
 """
 
 from __future__ import annotations
@@ -39,15 +41,6 @@ SUFFIX: dict[str, str] = {"table": ".parquet", "json": ".json", "text": ".txt", 
 _CHUNK = 1 << 20
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _hash_and_sync(path: Path) -> tuple[str, int]:
     """sha256 and size of a file, and fsync it, in one read."""
     h = hashlib.sha256()
@@ -60,17 +53,37 @@ def _hash_and_sync(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Write a file so readers see either the old or the whole new content."""
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """os.replace, making the target's directory on first use (no mkdir call per write)."""
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:
+        if not src.exists():
+            raise
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
+def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None, *, fsync: bool = True) -> None:
+    """Write a file so readers see either the old or the whole new content.
+
+    The content is fsynced before the rename, so a crash leaves the old file or the whole new
+    one. The directory is not fsynced: after a power loss a rename may be lost, and the store
+    treats a lost object as missing (the stage is re-run), never as corrupt.
+    """
     tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    _replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -122,13 +135,13 @@ class Store:
 
     # -- paths ------------------------------------------------------------------------------
     def object_path(self, sha: str, type_: ArtifactType) -> Path:
-        return self.objects / sha[:2] / f"{sha}{SUFFIX[type_]}"
+        return self.objects / f"{sha}{SUFFIX[type_]}"
 
     def manifest_path(self, sha: str) -> Path:
-        return self.objects / sha[:2] / f"{sha}.manifest.json"
+        return self.objects / f"{sha}.manifest.json"
 
     def cache_path(self, fingerprint: str) -> Path:
-        return self.cache_dir / fingerprint[:2] / f"{fingerprint}.json"
+        return self.cache_dir / f"{fingerprint}.json"
 
     def new_tmp_path(self, suffix: str = "") -> Path:
         return self.tmp / f"{uuid.uuid4().hex}{suffix}"
@@ -136,11 +149,14 @@ class Store:
     @contextlib.contextmanager
     def tmp_dir(self) -> Iterator[Path]:
         d = self.new_tmp_path()
-        d.mkdir(parents=True)
+        d.mkdir()
         try:
             yield d
         finally:
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                d.rmdir()  # the common case: the stage left nothing behind
+            except OSError:
+                shutil.rmtree(d, ignore_errors=True)
 
     # -- writing ----------------------------------------------------------------------------
     def put_table(self, value: pl.DataFrame | pl.LazyFrame, producer: Mapping[str, Any]) -> ArtifactInfo:
@@ -152,13 +168,12 @@ class Store:
                 value.sink_parquet(tmp, compression="zstd", statistics=True)
             else:
                 value.write_parquet(tmp, compression="zstd", statistics=True)
-            meta = pl.read_parquet_schema(tmp)
-            rows = pl.scan_parquet(tmp).select(pl.len()).collect().item()
+            schema = {k: str(v) for k, v in pl.read_parquet_schema(tmp).items()}
+            rows = _parquet_rows(tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        schema = {k: str(v) for k, v in meta.items()}
-        return self._publish_file(tmp, "table", int(rows), schema, producer)
+        return self._publish_file(tmp, "table", rows, schema, producer)
 
     def put_json(self, value: Any, producer: Mapping[str, Any]) -> ArtifactInfo:
         data = json.dumps(value, sort_keys=True, indent=1, default=str, allow_nan=False).encode()
@@ -208,34 +223,29 @@ class Store:
     ) -> ArtifactInfo:
         sha, size = _hash_and_sync(tmp)
         target = self.object_path(sha, type_)
-        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             tmp.unlink(missing_ok=True)  # same content already stored
         else:
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            _replace(tmp, target)
         info = ArtifactInfo(sha256=sha, type=type_, bytes=size, rows=rows, schema=schema, path=str(target))
         self._write_manifest(info, producer)
         return info
 
     def _write_manifest(self, info: ArtifactInfo, producer: Mapping[str, Any]) -> None:
         path = self.manifest_path(info.sha256)
-        if path.exists():
+        if path.exists() and path.stat().st_size > 0:
             return
         manifest = {**info.to_dict(), "producer": dict(producer), "created": time.time()}
-        atomic_write_bytes(path, json.dumps(manifest, sort_keys=True).encode(), self.tmp)
+        atomic_write_bytes(path, json.dumps(manifest, sort_keys=True).encode(), self.tmp, fsync=False)
 
     # -- reading ----------------------------------------------------------------------------
     def info(self, sha: str) -> ArtifactInfo:
         """The manifest of an artifact; a missing or unreadable one is a StoreError."""
         try:
             raw = json.loads(self.manifest_path(sha).read_bytes())
-        except FileNotFoundError:
+        except (OSError, ValueError):
             msg = f"artifact {sha[:12]} is not in the store {self.root}"
             raise StoreError(msg, hint="Run the pipeline again to rebuild it.") from None
-        except (OSError, ValueError) as exc:
-            msg = f"artifact {sha[:12]} has an unreadable manifest: {exc}"
-            raise StoreError(msg) from exc
         return self._info_from(raw)
 
     def manifest(self, sha: str) -> dict[str, Any]:
@@ -268,7 +278,7 @@ class Store:
         if len(prefix) < 4:
             msg = f"artifact id '{prefix}' is too short: give at least 4 characters"
             raise StoreError(msg)
-        matches = {p.name.split(".")[0] for p in (self.objects / prefix[:2]).glob(f"{prefix}*.manifest.json")}
+        matches = {p.name.split(".")[0] for p in self.objects.glob(f"{prefix}*.manifest.json")}
         if len(matches) != 1:
             what = "no artifact" if not matches else f"{len(matches)} artifacts"
             msg = f"{what} match '{prefix}'"
@@ -304,12 +314,12 @@ class Store:
         atomic_write_bytes(self.cache_path(entry.fingerprint), data, self.tmp)
 
     def iter_cache(self) -> Iterator[dict[str, Any]]:
-        for p in self.cache_dir.glob("*/*.json"):
+        for p in self.cache_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
                 yield json.loads(p.read_bytes())
 
     def iter_manifests(self) -> Iterator[dict[str, Any]]:
-        for p in self.objects.glob("*/*.manifest.json"):
+        for p in self.objects.glob("*.manifest.json"):
             with contextlib.suppress(OSError, ValueError):
                 yield json.loads(p.read_bytes())
 
@@ -338,7 +348,7 @@ class Store:
                     self.cache_path(entry["fingerprint"]).unlink(missing_ok=True)
         # payloads whose manifest was never written (a crash between the two) and old tmp files
         now = time.time()
-        for p in list(self.objects.glob("*/*")):
+        for p in list(self.objects.iterdir()):
             if p.name.endswith(".manifest.json"):
                 continue
             sha = p.name.split(".")[0]

@@ -74,7 +74,6 @@ class _Env:
         except pl.exceptions.PolarsError as exc:
             msg = f"cannot parse SQL expression {text!r}: {_first_line(exc)}"
             raise self.error(msg) from None
-        assert isinstance(expr, pl.Expr)  # a str gives one Expr (not user input)
         self.require(expr.meta.root_names(), schema)
         return expr
 
@@ -255,7 +254,9 @@ def _check_casts(
                 f"column '{col}' ({schema[col]}) has {n_bad} value(s) that cannot be cast to "
                 f"{dtype}, e.g. {example!r}"
             )
-            hint = "Clean or filter those rows first (e.g. a filter or derive op), or cast to string."
+            hint = (
+                "Clean or filter those rows first (e.g. a filter or derive op), or cast to string."
+            )
             raise env.error(msg, hint=hint)
 
 
@@ -265,9 +266,7 @@ class FillStrategy(StageParams):
 
 class FillNullOp(_Op):
     op: ClassVar[str] = "fill_null"
-    fill_null: Annotated[
-        dict[str, FillStrategy | bool | int | float | str], Field(min_length=1)
-    ]
+    fill_null: Annotated[dict[str, FillStrategy | bool | int | float | str], Field(min_length=1)]
 
     def apply(self, lf: pl.LazyFrame, schema: pl.Schema, env: _Env) -> pl.LazyFrame:
         env.require(self.fill_null, schema)
@@ -351,12 +350,13 @@ class JoinOp(_Op):
         spec = self.join
         other = env.frames.get(spec.with_)
         if other is None:
-            msg = f"no input named '{spec.with_}' to join with{did_you_mean(spec.with_, env.frames)}"
+            msg = (
+                f"no input named '{spec.with_}' to join with{did_you_mean(spec.with_, env.frames)}"
+            )
             raise env.error(msg, hint=f"Inputs: {_listing(env.frames)}")
         other_schema = other.collect_schema()
-        left = spec.on if spec.on is not None else spec.left_on
-        right = spec.on if spec.on is not None else spec.right_on
-        assert left is not None and right is not None  # ensured by JoinSpec._keys
+        left = spec.on or spec.left_on or []  # JoinSpec._keys ensures one form is given
+        right = spec.on or spec.right_on or []
         env.require(left, schema)
         env.require(right, other_schema, what=f"input '{spec.with_}'")
         how: Literal["left", "inner", "full", "semi", "anti"] = (
