@@ -41,7 +41,21 @@ _API = {
     "stage",
 }
 
-__all__ = ["__version__", *sorted(_API)]
+__all__ = [
+    "Stage",
+    "__version__",
+    "artifact",
+    "export",
+    "gc",
+    "lineage",
+    "load",
+    "pipeline",
+    "plan",
+    "run",
+    "runs",
+    "show",
+    "stage",
+]
 
 
 def __getattr__(name: str) -> Any:

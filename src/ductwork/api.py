@@ -32,9 +32,9 @@ from ductwork.core.contract import ArtifactInfo
 from ductwork.core.events import Event
 from ductwork.core.graph import Pipeline
 from ductwork.core.records import Records
-from ductwork.core.runner import RunOptions, RunResult, Runner
+from ductwork.core.runner import Runner, RunOptions, RunResult
 from ductwork.core.store import Store
-from ductwork.errors import DuctworkError, StoreError, UsageError, did_you_mean
+from ductwork.errors import StoreError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
     import polars as pl
@@ -179,7 +179,9 @@ def pipeline(
     }
     if executor:
         data["executor"] = dict(executor)
-    return build_pipeline(data, project_dir=Path(project_dir or Path.cwd()).absolute(), profile=profile)
+    return build_pipeline(
+        data, project_dir=Path(project_dir or Path.cwd()).absolute(), profile=profile
+    )
 
 
 # -- the project: store + records ---------------------------------------------------------------
@@ -266,7 +268,9 @@ def _latest_outputs(proj: Project, stage_name: str) -> tuple[dict[str, str], dic
     return proj.records.stage_io(last["run_id"], stage_name)["out"], last
 
 
-def artifact_info(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None) -> ArtifactInfo:
+def artifact_info(
+    p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None
+) -> ArtifactInfo:
     """The manifest of the latest artifact of a stage output."""
     pipe = _as_pipeline(p)
     proj = open_project(pipe)
@@ -278,7 +282,9 @@ def artifact_info(p: Pipeline | str | os.PathLike[str], stage_name: str, output:
     return proj.store.info(outs[name])
 
 
-def artifact(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None) -> Any:
+def artifact(
+    p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None
+) -> Any:
     """The latest artifact of a stage: a Polars DataFrame for tables, data for json, str for text."""
     info = artifact_info(p, stage_name, output)
     return read_artifact(info)
@@ -298,10 +304,17 @@ def read_artifact(info: ArtifactInfo) -> Any:
     return Path(info.path)
 
 
-def show(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None, head: int = 10) -> dict[str, Any]:
+def show(
+    p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | None = None, head: int = 10
+) -> dict[str, Any]:
     """Schema, first rows and per-column stats of a stage's latest artifact."""
     info = artifact_info(p, stage_name, output)
-    out: dict[str, Any] = {"stage": stage_name, "output": output, **info.to_dict(), "path": info.path}
+    out: dict[str, Any] = {
+        "stage": stage_name,
+        "output": output,
+        **info.to_dict(),
+        "path": info.path,
+    }
     if info.type == "table":
         import polars as pl
 
@@ -316,7 +329,12 @@ def show(p: Pipeline | str | os.PathLike[str], stage_name: str, output: str | No
     return out
 
 
-def export(p: Pipeline | str | os.PathLike[str], stage_name: str, file: str | os.PathLike[str], output: str | None = None) -> Path:
+def export(
+    p: Pipeline | str | os.PathLike[str],
+    stage_name: str,
+    file: str | os.PathLike[str],
+    output: str | None = None,
+) -> Path:
     """Write a stage's latest artifact to a file (format from the extension for tables)."""
     import shutil
 
@@ -358,7 +376,10 @@ def runs(p: Pipeline | str | os.PathLike[str], limit: int = 20) -> list[dict[str
         r["options"] = json.loads(r.get("options") or "{}")
         r["summary"] = json.loads(r["summary"]) if r.get("summary") else None
         r["stages"] = [
-            {k: s[k] for k in ("stage", "kind", "status", "duration_s", "rows_in", "rows_out", "error")}
+            {
+                k: s[k]
+                for k in ("stage", "kind", "status", "duration_s", "rows_in", "rows_out", "error")
+            }
             for s in proj.records.stage_runs(r["run_id"])
         ]
         out.append(r)
@@ -370,7 +391,9 @@ def artifacts(p: Pipeline | str | os.PathLike[str], limit: int = 100) -> list[di
     return open_project(pipe).records.artifacts(limit)
 
 
-def lineage(p: Pipeline | str | os.PathLike[str], target: str, output: str | None = None) -> dict[str, Any]:
+def lineage(
+    p: Pipeline | str | os.PathLike[str], target: str, output: str | None = None
+) -> dict[str, Any]:
     """Which runs and inputs produced an artifact (a stage name or an artifact id), recursively."""
     pipe = _as_pipeline(p)
     proj = open_project(pipe)
@@ -387,16 +410,23 @@ def lineage(p: Pipeline | str | os.PathLike[str], target: str, output: str | Non
     def node(sha: str, depth: int) -> dict[str, Any]:
         producers = proj.records.producers(sha)
         info: dict[str, Any] = {"sha256": sha}
-        try:
-            man = proj.store.manifest(sha)
+        man = proj.records.artifact(sha)
+        if man is not None:
             info.update({k: man.get(k) for k in ("type", "rows", "bytes")})
-        except DuctworkError:
-            info["missing"] = True
+        info["in_store"] = proj.store.find(sha) is not None
         info["produced_by"] = [
-            {"run_id": r["run_id"], "stage": r["stage"], "kind": r["kind"], "status": r["status"], "output": r["output"]}
+            {
+                "run_id": r["run_id"],
+                "stage": r["stage"],
+                "kind": r["kind"],
+                "status": r["status"],
+                "output": r["output"],
+            }
             for r in producers
         ]
-        first = next((r for r in producers if r["status"] == "ok"), producers[0] if producers else None)
+        first = next(
+            (r for r in producers if r["status"] == "ok"), producers[0] if producers else None
+        )
         if first is not None and depth < 50:
             ins = proj.records.stage_io(first["run_id"], first["stage"])["in"]
             info["inputs"] = {name: node(s, depth + 1) for name, s in ins.items()}
@@ -405,7 +435,9 @@ def lineage(p: Pipeline | str | os.PathLike[str], target: str, output: str | Non
     return node(sha, 0)
 
 
-def gc(p: Pipeline | str | os.PathLike[str], keep: int = 5, dry_run: bool = False) -> dict[str, Any]:
+def gc(
+    p: Pipeline | str | os.PathLike[str], keep: int = 5, dry_run: bool = False
+) -> dict[str, Any]:
     """Delete artifacts no longer referenced by the latest ``keep`` runs of any pipeline."""
     pipe = _as_pipeline(p)
     proj = open_project(pipe)
@@ -416,7 +448,14 @@ def gc(p: Pipeline | str | os.PathLike[str], keep: int = 5, dry_run: bool = Fals
             raise UsageError(msg, hint="Wait for it to finish, then run gc again.")
     keep_shas = proj.records.referenced_by_latest_runs(keep)
     result = proj.store.gc(keep_shas, dry_run=dry_run)
-    return {"kept_runs": keep, "kept_artifacts": len(keep_shas), "dry_run": dry_run, **result}
+    pruned = 0 if dry_run else proj.records.cache_prune(keep_shas)
+    return {
+        "kept_runs": keep,
+        "kept_artifacts": len(keep_shas),
+        "dry_run": dry_run,
+        "cache_entries_removed": pruned,
+        **result,
+    }
 
 
 def frame(info: ArtifactInfo) -> pl.DataFrame:

@@ -78,10 +78,30 @@ def cli(debug: bool) -> None:
 
 def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--only", multiple=True, metavar="STAGE", help="Run only this stage (repeatable); others use saved artifacts."),
-        click.option("--from", "from_", multiple=True, metavar="STAGE", help="Run this stage and everything downstream of it."),
-        click.option("--to", multiple=True, metavar="STAGE", help="Run this stage and everything it depends on."),
-        click.option("--profile", metavar="NAME", help="Apply each stage's `profiles: NAME` overrides (or DUCTWORK_PROFILE)."),
+        click.option(
+            "--only",
+            multiple=True,
+            metavar="STAGE",
+            help="Run only this stage (repeatable); others use saved artifacts.",
+        ),
+        click.option(
+            "--from",
+            "from_",
+            multiple=True,
+            metavar="STAGE",
+            help="Run this stage and everything downstream of it.",
+        ),
+        click.option(
+            "--to",
+            multiple=True,
+            metavar="STAGE",
+            help="Run this stage and everything it depends on.",
+        ),
+        click.option(
+            "--profile",
+            metavar="NAME",
+            help="Apply each stage's `profiles: NAME` overrides (or DUCTWORK_PROFILE).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -92,11 +112,23 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @PIPELINE_ARG
 @_selection_options
 @click.option("--force", is_flag=True, help="Re-run selected stages even when cached.")
-@click.option("--dry-run", is_flag=True, help="Show what would run and why; run nothing (same as plan).")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would run and why; run nothing (same as plan)."
+)
 @click.option("--executor", type=click.Choice(["local"]), help="Where stages run (default: local).")
-@click.option("--workers", type=click.IntRange(min=1), help="Stages run at once (default: the pipeline's executor.workers).")
-@click.option("--pool", type=click.Choice(["thread", "process"]), help="thread (Polars work) or process (CPU-bound Python).")
-@click.option("-v", "--verbose", is_flag=True, help="Print a line per finished stage when not on a terminal.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Stages run at once (default: the pipeline's executor.workers).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["thread", "process"]),
+    help="thread (Polars work) or process (CPU-bound Python).",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Print a line per finished stage when not on a terminal."
+)
 @json_option
 def run(
     pipeline_file: str,
@@ -147,7 +179,13 @@ def run(
 @PIPELINE_ARG
 @_selection_options
 @json_option
-def plan(pipeline_file: str, only: tuple[str, ...], from_: tuple[str, ...], to: tuple[str, ...], profile: str | None) -> int:
+def plan(
+    pipeline_file: str,
+    only: tuple[str, ...],
+    from_: tuple[str, ...],
+    to: tuple[str, ...],
+    profile: str | None,
+) -> int:
     """Show the DAG and, per stage, whether it is cached or stale and why."""
     from ductwork import api
 
@@ -165,7 +203,7 @@ def check(pipeline_file: str, profile: str | None) -> int:
     from ductwork import api
 
     pipe = api.load(pipeline_file, profile=profile)
-    stages = [
+    stages: list[dict[str, Any]] = [
         {
             "name": n.name,
             "kind": n.kind,
@@ -175,7 +213,9 @@ def check(pipeline_file: str, profile: str | None) -> int:
         for n in (pipe.stages[s] for s in pipe.order)
     ]
     if use_json():
-        _emit_json({"schema": "ductwork.check/v1", "ok": True, "pipeline": pipe.name, "stages": stages})
+        _emit_json(
+            {"schema": "ductwork.check/v1", "ok": True, "pipeline": pipe.name, "stages": stages}
+        )
     else:
         from rich.console import Console
         from rich.tree import Tree
@@ -230,7 +270,14 @@ def runs(pipeline_file: str, limit: int) -> int:
 
 @cli.command()
 @click.argument("stage")
-@click.option("-p", "--pipeline", "pipeline_file", default="pipeline.yaml", show_default=True, help="The pipeline file.")
+@click.option(
+    "-p",
+    "--pipeline",
+    "pipeline_file",
+    default="pipeline.yaml",
+    show_default=True,
+    help="The pipeline file.",
+)
 @click.option("-o", "--output", help="Which output of the stage (default: its main output).")
 @click.option("--head", default=10, show_default=True, help="Rows to show.")
 @json_option
@@ -316,7 +363,9 @@ def export(stage: str, file: str, pipeline_file: str, output: str | None) -> int
 
     path = api.export(pipeline_file, stage, file, output)
     if use_json():
-        _emit_json({"schema": "ductwork.export/v1", "stage": stage, "output": output, "file": str(path)})
+        _emit_json(
+            {"schema": "ductwork.export/v1", "stage": stage, "output": output, "file": str(path)}
+        )
     else:
         click.echo(f"wrote {path}")
     return 0
@@ -340,7 +389,11 @@ def lineage(target: str, pipeline_file: str, output: str | None) -> int:
 
     def label(n: dict[str, Any]) -> str:
         prod = n.get("produced_by") or []
-        who = f"{prod[0]['stage']} ({prod[0]['kind']}) in run {prod[0]['run_id']}" if prod else "unknown producer"
+        who = (
+            f"{prod[0]['stage']} ({prod[0]['kind']}) in run {prod[0]['run_id']}"
+            if prod
+            else "unknown producer"
+        )
         rows = f" · {n['rows']:,} rows" if n.get("rows") is not None else ""
         more = f" · {len(prod)} runs" if len(prod) > 1 else ""
         return f"[bold]{n['sha256'][:12]}[/bold] {n.get('type', '')}{rows} ← {who}{more}"
@@ -357,7 +410,12 @@ def lineage(target: str, pipeline_file: str, output: str | None) -> int:
 
 @cli.command()
 @PIPELINE_ARG
-@click.option("--keep", default=5, show_default=True, help="Keep artifacts used by the latest N runs of each pipeline.")
+@click.option(
+    "--keep",
+    default=5,
+    show_default=True,
+    help="Keep artifacts used by the latest N runs of each pipeline.",
+)
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
 @json_option
 def gc(pipeline_file: str, keep: int, dry_run: bool) -> int:
@@ -385,11 +443,18 @@ def kinds(kind: str | None) -> int:
     from ductwork.stages.registry import KINDS, get_kind
 
     if kind is None:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name in sorted(KINDS):
             try:
                 cls = get_kind(name)
-                rows.append({"kind": name, "version": cls.version, "summary": cls.summary, "outputs": {k: o.type for k, o in cls.outputs.items()}})
+                rows.append(
+                    {
+                        "kind": name,
+                        "version": cls.version,
+                        "summary": cls.summary,
+                        "outputs": {k: o.type for k, o in cls.outputs.items()},
+                    }
+                )
             except ImportError as exc:
                 rows.append({"kind": name, "error": str(exc)})
         if use_json():
@@ -405,7 +470,9 @@ def kinds(kind: str | None) -> int:
         _emit_json({"schema": "ductwork.kind/v1", "kind": kind, "params": schema})
     else:
         click.echo(f"{kind} (version {cls.version}): {cls.summary}")
-        click.echo(f"inputs: {cls.min_inputs} to {cls.max_inputs if cls.max_inputs is not None else 'any'}")
+        click.echo(
+            f"inputs: {cls.min_inputs} to {cls.max_inputs if cls.max_inputs is not None else 'any'}"
+        )
         click.echo("outputs: " + ", ".join(f"{k} ({o.type})" for k, o in cls.outputs.items()))
         click.echo("params:")
         required = set(schema.get("required", []))

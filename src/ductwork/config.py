@@ -47,4 +47,4 @@ class Settings(BaseSettings):
 def load_settings(project_dir: Path | None = None) -> Settings:
     """Settings with ``.env`` read from the project directory."""
     env_file = (project_dir / ".env") if project_dir else Path(".env")
-    return Settings(_env_file=env_file if env_file.exists() else None)  # type: ignore[call-arg]
+    return Settings(_env_file=env_file if env_file.exists() else None)

@@ -35,7 +35,9 @@ class StageEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     name: str = Field(description="Unique identifier of the stage (letters, digits, _).")
-    kind: str = Field(description="Stage kind: extract, validate, transform, load, profile, python.")
+    kind: str = Field(
+        description="Stage kind: extract, validate, transform, load, profile, python."
+    )
     inputs: list[str] | dict[str, str] | None = Field(
         default=None,
         description="Stage outputs this stage reads: `stage` or `stage.output`; "
@@ -69,7 +71,9 @@ class ExecutorEntry(BaseModel):
 
     kind: str = Field(default="local", description="local (ray and prefect are planned).")
     workers: int = Field(default=2, ge=1, description="How many stages may run at once.")
-    pool: str = Field(default="thread", pattern="^(thread|process)$", description="thread | process")
+    pool: str = Field(
+        default="thread", pattern="^(thread|process)$", description="thread | process"
+    )
 
 
 class PipelineFile(BaseModel):
@@ -97,20 +101,19 @@ class _Located:
         self.file = file
 
     def __call__(self, path: Sequence[str | int]) -> Location:
-        node = self.doc
+        node: Any = self.doc
         best = (0, 0)
         if hasattr(node, "lc"):
             best = (node.lc.line, node.lc.col)
         for part in path:
             try:
+                lc: Any = getattr(node, "lc", None)
                 if isinstance(node, Mapping) and part in node:
-                    pos = node.lc.value(part) if not isinstance(node[part], Mapping | list) else node.lc.key(part)
-                    if isinstance(node[part], Mapping | list) and hasattr(node[part], "lc"):
-                        pos = node.lc.key(part)
-                    best = pos
-                    node = node[part]
+                    child = node[part]
+                    best = lc.key(part) if isinstance(child, Mapping | list) else lc.value(part)
+                    node = child
                 elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                    best = node.lc.item(part)
+                    best = lc.item(part)
                     node = node[part]
                 else:
                     break
@@ -188,7 +191,11 @@ def _pydantic_issues(
     out = []
     for err in exc.errors():
         loc = (*prefix, *err["loc"])
-        where = (locate.key(loc) if err["type"] == "extra_forbidden" else locate(loc)) if locate else Location(file)
+        where = (
+            (locate.key(loc) if err["type"] == "extra_forbidden" else locate(loc))
+            if locate
+            else Location(file)
+        )
         field = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             last = str(err["loc"][-1]) if err["loc"] else field
@@ -219,7 +226,9 @@ def load_yaml(path: Path) -> tuple[Any, _Located]:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         msg = f"pipeline file not found: {path}"
-        raise DuctworkError(msg, hint="Pass the path of a pipeline.yaml, or run `ductwork init`.") from None
+        raise DuctworkError(
+            msg, hint="Pass the path of a pipeline.yaml, or run `ductwork init`."
+        ) from None
     except UnicodeDecodeError as exc:
         msg = f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise DuctworkError(msg) from None
@@ -233,7 +242,12 @@ def load_yaml(path: Path) -> tuple[Any, _Located]:
         raise SpecError([SpecIssue(loc, f"invalid YAML: {problem}")], source=file) from None
     if not isinstance(doc, Mapping):
         raise SpecError(
-            [SpecIssue(Location(file, 1, 1), "a pipeline file must be a mapping with 'pipeline:' and 'stages:'")],
+            [
+                SpecIssue(
+                    Location(file, 1, 1),
+                    "a pipeline file must be a mapping with 'pipeline:' and 'stages:'",
+                )
+            ],
             source=file,
         )
     return doc, _Located(doc, file)
@@ -301,7 +315,9 @@ def build_pipeline(
             prev = None
             continue
         except ImportError as exc:
-            issues.append(SpecIssue(loc, f"{where}stage kind '{entry.kind}' cannot be imported: {exc}"))
+            issues.append(
+                SpecIssue(loc, f"{where}stage kind '{entry.kind}' cannot be imported: {exc}")
+            )
             prev = None
             continue
         params = dict(entry.params)
@@ -309,12 +325,19 @@ def build_pipeline(
             params.update(entry.profiles[profile])
         if entry.uses is not None:
             if entry.kind != "python":
-                issues.append(SpecIssue(locate((*base, "uses")) if locate else loc, f"{where}'uses' is only for kind: python"))
+                issues.append(
+                    SpecIssue(
+                        locate((*base, "uses")) if locate else loc,
+                        f"{where}'uses' is only for kind: python",
+                    )
+                )
             params["uses"] = entry.uses
         try:
             validated = cls.Params.model_validate(params)
         except ValidationError as exc:
-            issues += _pydantic_issues(exc, (*base, "params"), locate, file, where, list(cls.Params.model_fields))
+            issues += _pydantic_issues(
+                exc, (*base, "params"), locate, file, where, list(cls.Params.model_fields)
+            )
             prev = None
             continue
         kind = cls()
@@ -334,7 +357,12 @@ def build_pipeline(
         else:
             for local, ref_text in entry.inputs.items():
                 if not NAME_RE.match(local):
-                    issues.append(SpecIssue(locate((*base, "inputs")) if locate else loc, f"{where}input name '{local}' must be an identifier"))
+                    issues.append(
+                        SpecIssue(
+                            locate((*base, "inputs")) if locate else loc,
+                            f"{where}input name '{local}' must be an identifier",
+                        )
+                    )
                 inputs[local] = InputRef.parse(ref_text)
         n = len(inputs)
         if n < cls.min_inputs or (cls.max_inputs is not None and n > cls.max_inputs):
@@ -345,7 +373,11 @@ def build_pipeline(
                 if cls.max_inputs is None
                 else f"{cls.min_inputs} to {cls.max_inputs}"
             )
-            hint = " (it is the first stage, so there is no previous stage to default to)" if n == 0 and i == 0 else ""
+            hint = (
+                " (it is the first stage, so there is no previous stage to default to)"
+                if n == 0 and i == 0
+                else ""
+            )
             issues.append(
                 SpecIssue(
                     locate((*base, "inputs")) if locate else loc,
@@ -399,7 +431,11 @@ def _check_rule(
     out = r.pop("output", None)
     loc = locate(path) if locate else Location(file)
     if out is not None and out not in outputs:
-        return [SpecIssue(loc, f"{where}expect: unknown output '{out}'{did_you_mean(str(out), outputs)}")]
+        return [
+            SpecIssue(
+                loc, f"{where}expect: unknown output '{out}'{did_you_mean(str(out), outputs)}"
+            )
+        ]
     try:
         parse_checks([r])
     except ValidationError as exc:

@@ -127,7 +127,7 @@ def run_stage(
         stage=stage,
         run_id="test",
         project_dir=project_dir or tmp_path,
-        tmp_dir=work,
+        work_dir=work,
     )
     ins = Inputs(arts)
     raw = instance.run(p, ins, ctx)
@@ -141,8 +141,6 @@ def run_stage(
     infos = {
         name: _write_output(raw[name], spec.type, out_dir / name) for name, spec in declared.items()
     }
-    values = {
-        name: (v.collect() if isinstance(v, pl.LazyFrame) else v) for name, v in raw.items()
-    }
+    values = {name: (v.collect() if isinstance(v, pl.LazyFrame) else v) for name, v in raw.items()}
     violations = instance.check(p, ins, infos, ctx)
     return StageOutcome(values=values, infos=infos, metrics=ctx.metrics, violations=violations)

@@ -289,11 +289,36 @@ class Exists(_CheckBase):
         return f"{self.column}:exists"
 
 
-_DTYPE_NAMES = (
-    "Int8 Int16 Int32 Int64 Int128 UInt8 UInt16 UInt32 UInt64 UInt128 Float16 Float32 Float64 "
-    "Decimal String Binary Boolean Date Datetime Duration Time Categorical Enum List Array "
-    "Struct Null Object"
-).split()
+_DTYPE_NAMES = [
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Int128",
+    "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
+    "UInt128",
+    "Float16",
+    "Float32",
+    "Float64",
+    "Decimal",
+    "String",
+    "Binary",
+    "Boolean",
+    "Date",
+    "Datetime",
+    "Duration",
+    "Time",
+    "Categorical",
+    "Enum",
+    "List",
+    "Array",
+    "Struct",
+    "Null",
+    "Object",
+]
 _DTYPE_ALIASES = {
     "utf8": "String",
     "str": "String",
@@ -400,7 +425,7 @@ def _precheck(value: Any) -> Any:
         if isinstance(value, _CheckBase):
             return value
         msg = f"a check is a mapping like {{column: x, not_null: true}}, got {type(value).__name__}"
-        raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueError with its location
+        raise ValueError(msg)
     kinds = [k for k in _KINDS if k in value]
     if len(kinds) > 1:
         msg = f"a check names one rule, this one names {' and '.join(kinds)}: split it in two"
@@ -681,7 +706,11 @@ class CheckPlan:
 
     @property
     def mask_columns(self) -> dict[str, pl.Expr]:
-        return {p.mask_column: p.mask.alias(p.mask_column) for p in self.row_checks if p.mask is not None}
+        return {
+            p.mask_column: p.mask.alias(p.mask_column)
+            for p in self.row_checks
+            if p.mask is not None
+        }
 
     def any_failed(self) -> pl.Expr:
         import polars as pl
@@ -694,8 +723,7 @@ class CheckPlan:
         import polars as pl
 
         parts = [
-            pl.when(pl.col(p.mask_column)).then(pl.lit(p.check.check_name))
-            for p in self.row_checks
+            pl.when(pl.col(p.mask_column)).then(pl.lit(p.check.check_name)) for p in self.row_checks
         ]
         if not parts:
             return pl.lit([], dtype=pl.List(pl.String))
@@ -814,7 +842,9 @@ class CheckPlan:
             dtype = probe.select(expr.alias("r")).collect_schema()["r"]
         except pl.exceptions.ColumnNotFoundError as exc:
             missing = str(exc).strip().splitlines()[0]
-            msg = f"check '{check.check_name}': expr {check.expr!r} names a missing column: {missing}"
+            msg = (
+                f"check '{check.check_name}': expr {check.expr!r} names a missing column: {missing}"
+            )
             raise DataError(msg, hint=f"Columns: {', '.join(self.schema)}") from None
         except pl.exceptions.PolarsError as exc:
             first = str(exc).strip().splitlines()[0]
@@ -830,7 +860,11 @@ class CheckPlan:
             return None  # needs the row count: see report()
         if isinstance(check, Exists):
             ok = check.column in self.schema
-            details = "" if ok else f"column '{check.column}' does not exist{did_you_mean(check.column, self.schema)}"
+            details = (
+                ""
+                if ok
+                else f"column '{check.column}' does not exist{did_you_mean(check.column, self.schema)}"
+            )
             return CheckResult(check=check, success=ok, element_count=0, details=details)
         dtype = self._column(check, check.column)
         ok = check.matches(dtype)
@@ -873,10 +907,14 @@ class CheckPlan:
             if isinstance(check, RowCount):
                 lo, hi = check.row_count.min, check.row_count.max
                 ok = (lo is None or n >= lo) and (hi is None or n <= hi)
-                span = f"between {lo if lo is not None else 0} and {hi if hi is not None else 'any'}"
+                span = (
+                    f"between {lo if lo is not None else 0} and {hi if hi is not None else 'any'}"
+                )
                 details = "" if ok else f"the table has {n} rows, expected {span}"
                 results.append(
-                    CheckResult(check=check, success=ok, element_count=n, observed_value=n, details=details)
+                    CheckResult(
+                        check=check, success=ok, element_count=n, observed_value=n, details=details
+                    )
                 )
                 continue
             bad = int(row[f"__dw_bad_{p.index}"] or 0)

@@ -166,11 +166,17 @@ class StageContext:
     stage: str
     run_id: str
     project_dir: Path
-    tmp_dir: Path
+    work_dir: Path
     allow_outside_project: bool = False
     progress_fn: ProgressFn = _no_progress
     metrics: dict[str, Any] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+
+    @property
+    def tmp_dir(self) -> Path:
+        """A private scratch directory for this stage run, made on first use, removed after."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return self.work_dir
 
     def resolve_path(self, path: str | os.PathLike[str], *, what: str = "path") -> Path:
         """Resolve a path from the spec against the project; refuse escapes with '..'."""

@@ -94,17 +94,17 @@ def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
     }
 
 
-def _store_output(store: Store, value: Any, spec: Output, name: str, producer: Mapping[str, Any]) -> ArtifactInfo:
+def _store_output(store: Store, value: Any, spec: Output, name: str) -> ArtifactInfo:
     import polars as pl
 
     if spec.type == "table":
         if not isinstance(value, pl.DataFrame | pl.LazyFrame):
             msg = f"output '{name}' must be a polars DataFrame or LazyFrame, got {type(value).__name__}"
             raise InvariantError(msg)
-        return store.put_table(value, producer)
+        return store.put_table(value)
     if spec.type == "json":
         try:
-            return store.put_json(value, producer)
+            return store.put_json(value)
         except ValueError as exc:  # NaN/inf are not JSON
             msg = f"output '{name}' is not valid JSON: {exc}"
             raise InvariantError(msg) from exc
@@ -112,15 +112,17 @@ def _store_output(store: Store, value: Any, spec: Output, name: str, producer: M
         if not isinstance(value, str):
             msg = f"output '{name}' must be a str, got {type(value).__name__}"
             raise InvariantError(msg)
-        return store.put_text(value, producer)
+        return store.put_text(value)
     path = Path(value)
     if not path.is_dir():
         msg = f"output '{name}' must be a directory path, got {value!r}"
         raise InvariantError(msg)
-    return store.put_files(path, producer)
+    return store.put_files(path)
 
 
-def builtin_violations(outputs: Mapping[str, Output], infos: Mapping[str, ArtifactInfo]) -> list[str]:
+def builtin_violations(
+    outputs: Mapping[str, Output], infos: Mapping[str, ArtifactInfo]
+) -> list[str]:
     """The invariants every stage has: declared outputs present and non-empty where declared."""
     problems = []
     for name, spec in outputs.items():
@@ -132,7 +134,9 @@ def builtin_violations(outputs: Mapping[str, Output], infos: Mapping[str, Artifa
     return problems
 
 
-def expect_violations(rules: list[dict[str, Any]], infos: Mapping[str, ArtifactInfo], main: str) -> list[str]:
+def expect_violations(
+    rules: list[dict[str, Any]], infos: Mapping[str, ArtifactInfo], main: str
+) -> list[str]:
     """User ``expect:`` rules (the validate vocabulary) checked on output tables."""
     if not rules:
         return []
@@ -166,7 +170,7 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
             stage=task.stage,
             run_id=task.run_id,
             project_dir=Path(task.project_dir),
-            tmp_dir=tmp,
+            work_dir=tmp,
             allow_outside_project=task.allow_outside_project,
             progress_fn=progress,
         )
@@ -179,9 +183,8 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
             if missing:
                 msg = f"the stage returned no value for output(s) {', '.join(missing)}"
                 raise InvariantError(msg)
-            producer = {"stage": task.stage, "kind": task.kind, "run_id": task.run_id, "fingerprint": task.fingerprint}
             infos = {
-                name: _store_output(store, values[name], spec, name, producer)
+                name: _store_output(store, values[name], spec, name)
                 for name, spec in task.outputs.items()
             }
             problems = builtin_violations(task.outputs, infos)
@@ -192,7 +195,9 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
                 raise InvariantError(msg)
             result.outputs = infos
             result.ok = True
-            table_rows = [i.rows for i in task.inputs.values() if i.type == "table" and i.rows is not None]
+            table_rows = [
+                i.rows for i in task.inputs.values() if i.type == "table" and i.rows is not None
+            ]
             result.rows_in = sum(table_rows) if table_rows else None
             main = infos[next(iter(task.outputs))]
             result.rows_out = main.rows

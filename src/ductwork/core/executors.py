@@ -51,7 +51,9 @@ class ThreadExecutor(Executor):
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ductwork-stage")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="ductwork-stage"
+        )
 
     def submit(self, task: StageTask, progress: ProgressFn = _no_progress) -> Future[StageResult]:
         return self._pool.submit(execute_stage, task, progress)

@@ -8,6 +8,7 @@ The components are kept too, so ``ductwork plan`` can say *which* param, input o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -33,7 +34,9 @@ SECRET_MARK = "<secret>"
 def canonical(value: Any) -> Any:
     """Turn a value into plain JSON data in a stable form (dict keys sorted later by dumps)."""
     if callable(value):
-        return {"callable": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"}
+        return {
+            "callable": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+        }
     msg = f"cannot fingerprint a value of type {type(value).__name__}"
     raise TypeError(msg)
 
@@ -236,8 +239,6 @@ def source_digest(obj: Any) -> str:
     except (OSError, TypeError):
         src = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
     digest = sha256_text(src)
-    try:
+    with contextlib.suppress(TypeError):
         _source_cache[obj] = digest
-    except TypeError:
-        pass
     return digest

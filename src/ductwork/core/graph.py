@@ -110,7 +110,9 @@ class Pipeline:
                         )
                     )
                 elif ref.stage == node.name:
-                    issues.append(SpecIssue(loc, f"stage '{node.name}' uses its own output '{local}'"))
+                    issues.append(
+                        SpecIssue(loc, f"stage '{node.name}' uses its own output '{local}'")
+                    )
         if not issues:
             sorter = graphlib.TopologicalSorter(self.dependencies())
             try:

@@ -52,12 +52,15 @@ create table if not exists stage_runs (
 );
 create index if not exists stage_runs_stage on stage_runs(stage, ended);
 create index if not exists stage_runs_fp on stage_runs(fingerprint);
-create table if not exists artifacts (
+create table if not exists artifacts (   -- the manifest of each artifact (first producer)
     sha256 text primary key,
     type text not null,
     rows integer,
     bytes integer,
     schema text,
+    stage text,
+    run_id text,
+    fingerprint text,
     created real not null
 );
 create table if not exists stage_run_io (
@@ -69,6 +72,13 @@ create table if not exists stage_run_io (
     primary key (run_id, stage, direction, name)
 );
 create index if not exists stage_run_io_sha on stage_run_io(sha256, direction);
+create table if not exists stage_cache (
+    fingerprint text primary key,
+    stage text not null,
+    run_id text not null,
+    entry text not null,             -- JSON: outputs (sha, type, rows, bytes, schema), metrics
+    created real not null
+);
 """
 
 T = TypeVar("T")
@@ -97,10 +107,13 @@ class Records:
         if conn is None:
             try:
                 conn = sqlite3.connect(
-                    self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+                    self.path,
+                    timeout=self.busy_timeout_s,
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
                 conn.row_factory = sqlite3.Row
-                self._retry(lambda: conn.execute("pragma journal_mode=wal"))  # type: ignore[union-attr]
+                self._retry(lambda: conn.execute("pragma journal_mode=wal"))
                 conn.execute("pragma synchronous=normal")
                 conn.execute(f"pragma busy_timeout={int(self.busy_timeout_s * 1000)}")
                 conn.execute("pragma foreign_keys=on")
@@ -123,7 +136,7 @@ class Records:
                 return fn()
             except sqlite3.OperationalError as exc:
                 text = str(exc)
-                if "locked" not in text and "busy" not in text or i == attempts - 1:
+                if ("locked" not in text and "busy" not in text) or i == attempts - 1:
                     raise
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
@@ -154,11 +167,20 @@ class Records:
         return [dict(r) for r in rows]
 
     # -- runs -------------------------------------------------------------------------------
-    def start_run(self, run_id: str, pipeline: str, spec_path: str | None, options: Mapping[str, Any]) -> None:
+    def start_run(
+        self, run_id: str, pipeline: str, spec_path: str | None, options: Mapping[str, Any]
+    ) -> None:
         self._write(
             lambda c: c.execute(
                 "insert into runs(run_id, pipeline, spec_path, status, started, options) values (?,?,?,?,?,?)",
-                (run_id, pipeline, spec_path, "running", time.time(), json.dumps(options, default=str)),
+                (
+                    run_id,
+                    pipeline,
+                    spec_path,
+                    "running",
+                    time.time(),
+                    json.dumps(options, default=str),
+                ),
             )
         )
 
@@ -187,8 +209,9 @@ class Records:
         error: str | None,
         inputs: Mapping[str, Mapping[str, Any]],
         outputs: Mapping[str, Mapping[str, Any]],
+        cache_entry: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record one stage run with the artifacts it read and wrote, in one transaction."""
+        """Record one stage run, the artifacts it read and wrote and its cache entry, atomically."""
         duration = (ended - started) if (started is not None and ended is not None) else None
 
         def write(c: sqlite3.Connection) -> None:
@@ -213,6 +236,18 @@ class Records:
                 ),
             )
             now = time.time()
+            if cache_entry is not None:
+                c.execute(
+                    "insert or replace into stage_cache(fingerprint, stage, run_id, entry, created)"
+                    " values (?,?,?,?,?)",
+                    (
+                        cache_entry["fingerprint"],
+                        stage,
+                        run_id,
+                        json.dumps(cache_entry, default=str),
+                        now,
+                    ),
+                )
             for direction, items in (("in", inputs), ("out", outputs)):
                 for name, art in items.items():
                     c.execute(
@@ -220,18 +255,22 @@ class Records:
                         " values (?,?,?,?,?)",
                         (run_id, stage, direction, name, art["sha256"]),
                     )
-                    c.execute(
-                        "insert or ignore into artifacts(sha256, type, rows, bytes, schema, created)"
-                        " values (?,?,?,?,?,?)",
-                        (
-                            art["sha256"],
-                            art["type"],
-                            art.get("rows"),
-                            art.get("bytes"),
-                            json.dumps(art.get("schema")) if art.get("schema") else None,
-                            now,
-                        ),
-                    )
+                    if direction == "out":
+                        c.execute(
+                            "insert or ignore into artifacts(sha256, type, rows, bytes, schema, stage,"
+                            " run_id, fingerprint, created) values (?,?,?,?,?,?,?,?,?)",
+                            (
+                                art["sha256"],
+                                art["type"],
+                                art.get("rows"),
+                                art.get("bytes"),
+                                json.dumps(art.get("schema")) if art.get("schema") else None,
+                                stage,
+                                run_id,
+                                fingerprint,
+                                now,
+                            ),
+                        )
 
         self._write(write)
 
@@ -251,22 +290,44 @@ class Records:
             )
         return len(stale)
 
+    def cache_get(self, fingerprint: str) -> dict[str, Any] | None:
+        rows = self._query("select entry from stage_cache where fingerprint=?", (fingerprint,))
+        return json.loads(rows[0]["entry"]) if rows else None
+
+    def cache_prune(self, keep: set[str]) -> int:
+        """Delete cache entries whose outputs are not all in ``keep``."""
+        drop = []
+        for r in self._query("select fingerprint, entry from stage_cache"):
+            shas = {o["sha256"] for o in json.loads(r["entry"]).get("outputs", {}).values()}
+            if not shas <= keep:
+                drop.append((r["fingerprint"],))
+        if drop:
+            self._write(
+                lambda c: c.executemany("delete from stage_cache where fingerprint=?", drop)
+            )
+        return len(drop)
+
     # -- queries ----------------------------------------------------------------------------
     def runs(self, limit: int = 20, pipeline: str | None = None) -> list[dict[str, Any]]:
         if pipeline:
             return self._query(
-                "select * from runs where pipeline=? order by started desc limit ?", (pipeline, limit)
+                "select * from runs where pipeline=? order by started desc limit ?",
+                (pipeline, limit),
             )
         return self._query("select * from runs order by started desc limit ?", (limit,))
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        rows = self._query("select * from runs where run_id=? or run_id like ?", (run_id, f"{run_id}%"))
+        rows = self._query(
+            "select * from runs where run_id=? or run_id like ?", (run_id, f"{run_id}%")
+        )
         return rows[0] if rows else None
 
     def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
         return self._query("select * from stage_runs where run_id=? order by started", (run_id,))
 
-    def last_stage_run(self, stage: str, pipeline: str, statuses: Sequence[str] = ("ok", "cached")) -> dict[str, Any] | None:
+    def last_stage_run(
+        self, stage: str, pipeline: str, statuses: Sequence[str] = ("ok", "cached")
+    ) -> dict[str, Any] | None:
         marks = ",".join("?" for _ in statuses)
         rows = self._query(
             f"select s.* from stage_runs s join runs r using(run_id) where s.stage=? and r.pipeline=?"
@@ -278,7 +339,8 @@ class Records:
     def stage_io(self, run_id: str, stage: str) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {"in": {}, "out": {}}
         for r in self._query(
-            "select direction, name, sha256 from stage_run_io where run_id=? and stage=?", (run_id, stage)
+            "select direction, name, sha256 from stage_run_io where run_id=? and stage=?",
+            (run_id, stage),
         ):
             out[r["direction"]][r["name"]] = r["sha256"]
         return out
@@ -302,12 +364,18 @@ class Records:
         )
 
     def artifacts(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Artifact manifests, newest first, with the stage output that first produced them."""
         return self._query(
-            "select a.*, io.stage, io.name as output, io.run_id from artifacts a"
+            "select a.*, io.name as output from artifacts a"
             " left join stage_run_io io on io.sha256=a.sha256 and io.direction='out'"
-            " group by a.sha256 order by a.created desc limit ?",
+            " and io.run_id=a.run_id and io.stage=a.stage"
+            " order by a.created desc limit ?",
             (limit,),
         )
+
+    def artifact(self, sha: str) -> dict[str, Any] | None:
+        rows = self._query("select * from artifacts where sha256=?", (sha,))
+        return rows[0] if rows else None
 
     def referenced_by_latest_runs(self, keep_runs: int) -> set[str]:
         """Artifacts read or written by the latest ``keep_runs`` runs of each pipeline."""

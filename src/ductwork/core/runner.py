@@ -115,7 +115,9 @@ def new_run_id() -> str:
 class Runner:
     """Runs one pipeline against one store and one records database."""
 
-    def __init__(self, pipeline: Pipeline, store: Store, records: Records, emit: EmitFn | None = None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, store: Store, records: Records, emit: EmitFn | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.records = records
@@ -123,6 +125,7 @@ class Runner:
         self._lock = threading.Lock()
         self._reasons: dict[str, str] = {}
         self._outcomes: dict[str, StageOutcome] = {}
+        self._pending_cache: dict[str, dict[str, Any] | None] = {}
 
     def emit(self, event: Event) -> None:
         if self._emit_fn is not None:
@@ -130,14 +133,16 @@ class Runner:
                 self._emit_fn(event)
 
     # -- fingerprints ---------------------------------------------------------------------
-    def fingerprint(self, node: StageNode, inputs: dict[str, ArtifactInfo]) -> tuple[Fingerprint, bool]:
+    def fingerprint(
+        self, node: StageNode, inputs: dict[str, ArtifactInfo]
+    ) -> tuple[Fingerprint, bool]:
         """The stage fingerprint and whether its source can be known (False = always run)."""
         kind = node.kind_cls()
         ctx = StageContext(
             stage=node.name,
             run_id="plan",
             project_dir=self.pipeline.project_dir,
-            tmp_dir=self.store.tmp,
+            work_dir=self.store.tmp,
             allow_outside_project=self.pipeline.allow_outside_project,
         )
         source = kind.source_stamp(node.params, ctx)
@@ -163,7 +168,9 @@ class Runner:
         return fp, source is not None
 
     def why_stale(self, node: StageNode, fp: Fingerprint) -> str:
-        last = self.records.last_stage_run(node.name, self.pipeline.name, ("ok", "cached", "failed"))
+        last = self.records.last_stage_run(
+            node.name, self.pipeline.name, ("ok", "cached", "failed")
+        )
         if last is None or not last.get("components"):
             return "never run"
         import json
@@ -244,11 +251,15 @@ class Runner:
         decl = {n: i for i, n in enumerate(p.stages)}
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(p.dependencies())
         sorter.prepare()
-        in_flight: dict[Future[StageResult], tuple[StageNode, Fingerprint, dict[str, ArtifactInfo]]] = {}
+        in_flight: dict[
+            Future[StageResult], tuple[StageNode, Fingerprint, dict[str, ArtifactInfo]]
+        ] = {}
         while sorter.is_active():
             for name in sorted(sorter.get_ready(), key=decl.__getitem__):
                 node = p.stages[name]
-                submitted = self._start_stage(run_id, node, name in selected, options, executor, outcomes)
+                submitted = self._start_stage(
+                    run_id, node, name in selected, options, executor, outcomes
+                )
                 if submitted is None:
                     sorter.done(name)
                 else:
@@ -261,7 +272,9 @@ class Runner:
                 self._finish_stage(run_id, node, fp, inputs, fut.result())
                 sorter.done(node.name)
 
-    def _inputs_of(self, node: StageNode, outcomes: dict[str, StageOutcome]) -> dict[str, ArtifactInfo] | str:
+    def _inputs_of(
+        self, node: StageNode, outcomes: dict[str, StageOutcome]
+    ) -> dict[str, ArtifactInfo] | str:
         """Input artifacts of a stage, or the reason it cannot run."""
         inputs: dict[str, ArtifactInfo] = {}
         for local, ref in node.inputs.items():
@@ -299,14 +312,12 @@ class Runner:
             outcome = StageOutcome(node.name, node.kind, "failed", error=err, reason="fingerprint")
             self._conclude(run_id, outcome, None, inputs, options)
             return None
-        entry = self.store.read_cache(fp.digest) if node.cache else None
+        entry = self._cache_get(fp.digest) if node.cache else None
         if not is_selected:
             if entry is None:
                 entry = self._saved(node)
             if entry is None:
-                msg = (
-                    f"stage '{node.name}' is outside the selection and has no saved artifacts"
-                )
+                msg = f"stage '{node.name}' is outside the selection and has no saved artifacts"
                 raise UsageError(msg, hint=f"Run it first: ductwork run --to {node.name}")
             reason = "not selected: using saved artifacts"
             if entry.fingerprint != fp.digest:
@@ -328,10 +339,16 @@ class Runner:
         else:
             reason = self.why_stale(node, fp)
         if options.dry_run or executor is None:
-            outcome = StageOutcome(node.name, node.kind, "stale", fingerprint=fp.digest, reason=reason)
+            outcome = StageOutcome(
+                node.name, node.kind, "stale", fingerprint=fp.digest, reason=reason
+            )
             self._conclude(run_id, outcome, fp, inputs, options)
             return None
-        self.emit(StageStarted(run_id=run_id, stage=node.name, kind=node.kind, fingerprint=fp.digest, reason=reason))
+        self.emit(
+            StageStarted(
+                run_id=run_id, stage=node.name, kind=node.kind, fingerprint=fp.digest, reason=reason
+            )
+        )
         task = StageTask(
             run_id=run_id,
             stage=node.name,
@@ -353,26 +370,40 @@ class Runner:
             now = time.monotonic()
             if now - last[0] >= 0.1 or (total is not None and done >= total):
                 last[0] = now
-                self.emit(StageProgress(run_id=run_id, stage=node.name, done=done, total=total, unit=unit))
+                self.emit(
+                    StageProgress(run_id=run_id, stage=node.name, done=done, total=total, unit=unit)
+                )
 
         try:
             fut = executor.submit(task, progress)
         except DuctworkError as exc:
             from ductwork.core.execute import _error_dict
 
-            outcome = StageOutcome(node.name, node.kind, "failed", fingerprint=fp.digest, error=_error_dict(exc, node.name))
+            outcome = StageOutcome(
+                node.name,
+                node.kind,
+                "failed",
+                fingerprint=fp.digest,
+                error=_error_dict(exc, node.name),
+            )
             self._conclude(run_id, outcome, fp, inputs, options)
             return None
         self._reasons[node.name] = reason
         return fut, fp, inputs
 
+    def _cache_get(self, fingerprint: str) -> CacheEntry | None:
+        raw = self.records.cache_get(fingerprint)
+        return self.store.entry_from_dict(raw) if raw else None
+
     def _saved(self, node: StageNode) -> CacheEntry | None:
         last = self.records.last_stage_run(node.name, self.pipeline.name)
         if last is None or not last.get("fingerprint"):
             return None
-        return self.store.read_cache(last["fingerprint"])
+        return self._cache_get(last["fingerprint"])
 
-    def _from_entry(self, node: StageNode, entry: CacheEntry, status: str, reason: str) -> StageOutcome:
+    def _from_entry(
+        self, node: StageNode, entry: CacheEntry, status: str, reason: str
+    ) -> StageOutcome:
         return StageOutcome(
             stage=node.name,
             kind=node.kind,
@@ -408,22 +439,23 @@ class Runner:
                 metrics=res.metrics,
                 reason=reason,
             )
-            if node.cache:
-                self.store.write_cache(
-                    CacheEntry(
-                        fingerprint=fp.digest,
-                        stage=node.name,
-                        kind=node.kind,
-                        run_id=run_id,
-                        outputs=res.outputs,
-                        components=fp.components,
-                        metrics=res.metrics,
-                        rows_in=res.rows_in,
-                        rows_out=res.rows_out,
-                        duration_s=outcome.duration_s,
-                        created=time.time(),
-                    )
-                )
+            self._pending_cache[node.name] = (
+                CacheEntry(
+                    fingerprint=fp.digest,
+                    stage=node.name,
+                    kind=node.kind,
+                    run_id=run_id,
+                    outputs=res.outputs,
+                    components=fp.components,
+                    metrics=res.metrics,
+                    rows_in=res.rows_in,
+                    rows_out=res.rows_out,
+                    duration_s=outcome.duration_s,
+                    created=time.time(),
+                ).to_dict()
+                if node.cache
+                else None
+            )
         else:
             outcome = StageOutcome(
                 stage=node.name,
@@ -436,7 +468,9 @@ class Runner:
                 reason=reason,
                 error=res.error,
             )
-        self._conclude(run_id, outcome, fp, inputs, RunOptions(), started=res.started, ended=res.ended)
+        self._conclude(
+            run_id, outcome, fp, inputs, RunOptions(), started=res.started, ended=res.ended
+        )
 
     def _conclude(
         self,
@@ -450,6 +484,7 @@ class Runner:
         ended: float | None = None,
     ) -> None:
         self._outcomes[outcome.stage] = outcome
+        cache_entry = self._pending_cache.pop(outcome.stage, None)
         if not options.dry_run:
             now = time.time()
             self.records.record_stage(
@@ -467,6 +502,7 @@ class Runner:
                 error=(outcome.error or {}).get("message") if outcome.error else None,
                 inputs={k: v.to_dict() for k, v in inputs.items()},
                 outputs={k: v.to_dict() for k, v in outcome.outputs.items()},
+                cache_entry=cache_entry,
             )
         self.emit(
             StageFinished(

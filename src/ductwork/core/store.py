@@ -1,19 +1,20 @@
-"""The artifact store: content-addressed objects, their manifests and the stage cache.
+"""The artifact store: content-addressed objects that describe themselves.
 
 Layout under the store root (default ``<project>/.ductwork``)::
 
-    objects/<sha256>.parquet|.json|.txt   payload, named by the sha256 of its content
-    objects/<sha256>/                     a file-set artifact (directory)
-    objects/<sha256>.manifest.json        type, schema, rows, bytes, sha256, producer
-    cache/<fingerprint>.json              stage cache entry: fingerprint -> output shas
-    tmp/                                  work in progress (never read by anyone else)
+    objects/<sha256>.parquet   a table (Parquet, zstd): schema and row count in its footer
+    objects/<sha256>.json      a json artifact
+    objects/<sha256>.txt       a text artifact
+    objects/<sha256>/          a file-set artifact (directory; sha over paths and contents)
+    tmp/                       work in progress (never read by anyone else)
 
-Publication order makes every crash safe: the payload is written to ``tmp/`` and fsynced,
-renamed into ``objects/`` (atomic), then its manifest is written (tmp + rename), then — after all
-outputs of a stage — the cache entry (tmp + fsync + rename). An object without a manifest is
-invisible; a stage without a cache entry is re-run; a manifest that a power loss truncated is
-read as missing. Identical content written twice is stored once. The layout is flat (no
-fan-out directories): local filesystems index large directories, object stores have none.
+A payload is written to ``tmp/``, fsynced, hashed, then renamed to its final name (atomic), so
+a payload at its final name is always whole. Each artifact's manifest (type, schema, rows,
+bytes, sha256, producer stage, run id) is a row of the run records, committed with the stage
+run and its cache entry in one transaction after all the stage's outputs are in place. A crash
+at any point leaves either nothing visible or everything: a stage without a committed cache
+entry is re-run, and an entry whose objects are gone is ignored. Identical content is stored
+once. The layout is flat: local filesystems index large directories, object stores have none.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def _replace(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None, *, fsync: bool = True) -> None:
+def atomic_write_bytes(
+    path: Path, data: bytes, tmp_dir: Path | None = None, *, fsync: bool = True
+) -> None:
     """Write a file so readers see either the old or the whole new content.
 
     The content is fsynced before the rename, so a crash leaves the old file or the whole new
@@ -124,9 +127,8 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.objects = self.root / "objects"
-        self.cache_dir = self.root / "cache"
         self.tmp = self.root / "tmp"
-        for d in (self.objects, self.cache_dir, self.tmp):
+        for d in (self.objects, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         gitignore = self.root / ".gitignore"
         if not gitignore.exists():
@@ -137,29 +139,21 @@ class Store:
     def object_path(self, sha: str, type_: ArtifactType) -> Path:
         return self.objects / f"{sha}{SUFFIX[type_]}"
 
-    def manifest_path(self, sha: str) -> Path:
-        return self.objects / f"{sha}.manifest.json"
-
-    def cache_path(self, fingerprint: str) -> Path:
-        return self.cache_dir / f"{fingerprint}.json"
-
     def new_tmp_path(self, suffix: str = "") -> Path:
         return self.tmp / f"{uuid.uuid4().hex}{suffix}"
 
     @contextlib.contextmanager
     def tmp_dir(self) -> Iterator[Path]:
+        """A fresh scratch path (not created: StageContext makes it on first use), removed after."""
         d = self.new_tmp_path()
-        d.mkdir()
         try:
             yield d
         finally:
-            try:
-                d.rmdir()  # the common case: the stage left nothing behind
-            except OSError:
+            if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
 
     # -- writing ----------------------------------------------------------------------------
-    def put_table(self, value: pl.DataFrame | pl.LazyFrame, producer: Mapping[str, Any]) -> ArtifactInfo:
+    def put_table(self, value: pl.DataFrame | pl.LazyFrame) -> ArtifactInfo:
         import polars as pl
 
         tmp = self.new_tmp_path(".parquet")
@@ -173,16 +167,16 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return self._publish_file(tmp, "table", rows, schema, producer)
+        return self._publish_file(tmp, "table", rows, schema)
 
-    def put_json(self, value: Any, producer: Mapping[str, Any]) -> ArtifactInfo:
+    def put_json(self, value: Any) -> ArtifactInfo:
         data = json.dumps(value, sort_keys=True, indent=1, default=str, allow_nan=False).encode()
-        return self._put_bytes(data, "json", ".json", producer)
+        return self._put_bytes(data, "json", ".json")
 
-    def put_text(self, value: str, producer: Mapping[str, Any]) -> ArtifactInfo:
-        return self._put_bytes(value.encode("utf-8"), "text", ".txt", producer)
+    def put_text(self, value: str) -> ArtifactInfo:
+        return self._put_bytes(value.encode("utf-8"), "text", ".txt")
 
-    def put_files(self, directory: Path, producer: Mapping[str, Any]) -> ArtifactInfo:
+    def put_files(self, directory: Path) -> ArtifactInfo:
         """Move a directory the stage made into the store as a file-set artifact."""
         sha = tree_digest(directory)
         size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
@@ -201,17 +195,13 @@ class Store:
                 shutil.rmtree(staged, ignore_errors=True)
                 if not target.exists():
                     raise
-        info = ArtifactInfo(sha256=sha, type="files", bytes=size, path=str(target))
-        self._write_manifest(info, producer)
-        return info
+        return ArtifactInfo(sha256=sha, type="files", bytes=size, path=str(target))
 
-    def _put_bytes(
-        self, data: bytes, type_: ArtifactType, suffix: str, producer: Mapping[str, Any]
-    ) -> ArtifactInfo:
+    def _put_bytes(self, data: bytes, type_: ArtifactType, suffix: str) -> ArtifactInfo:
         tmp = self.new_tmp_path(suffix)
         with open(tmp, "wb") as f:
             f.write(data)
-        return self._publish_file(tmp, type_, None, None, producer)
+        return self._publish_file(tmp, type_, None, None)
 
     def _publish_file(
         self,
@@ -219,7 +209,6 @@ class Store:
         type_: ArtifactType,
         rows: int | None,
         schema: dict[str, str] | None,
-        producer: Mapping[str, Any],
     ) -> ArtifactInfo:
         sha, size = _hash_and_sync(tmp)
         target = self.object_path(sha, type_)
@@ -227,34 +216,43 @@ class Store:
             tmp.unlink(missing_ok=True)  # same content already stored
         else:
             _replace(tmp, target)
-        info = ArtifactInfo(sha256=sha, type=type_, bytes=size, rows=rows, schema=schema, path=str(target))
-        self._write_manifest(info, producer)
-        return info
-
-    def _write_manifest(self, info: ArtifactInfo, producer: Mapping[str, Any]) -> None:
-        path = self.manifest_path(info.sha256)
-        if path.exists() and path.stat().st_size > 0:
-            return
-        manifest = {**info.to_dict(), "producer": dict(producer), "created": time.time()}
-        atomic_write_bytes(path, json.dumps(manifest, sort_keys=True).encode(), self.tmp, fsync=False)
+        return ArtifactInfo(
+            sha256=sha, type=type_, bytes=size, rows=rows, schema=schema, path=str(target)
+        )
 
     # -- reading ----------------------------------------------------------------------------
-    def info(self, sha: str) -> ArtifactInfo:
-        """The manifest of an artifact; a missing or unreadable one is a StoreError."""
-        try:
-            raw = json.loads(self.manifest_path(sha).read_bytes())
-        except (OSError, ValueError):
-            msg = f"artifact {sha[:12]} is not in the store {self.root}"
-            raise StoreError(msg, hint="Run the pipeline again to rebuild it.") from None
-        return self._info_from(raw)
+    def find(self, sha: str) -> ArtifactInfo | None:
+        """Describe an artifact from its payload alone (type from the name, Parquet footer)."""
+        types: tuple[ArtifactType, ...] = ("table", "json", "text", "files")
+        for type_ in types:
+            path = self.object_path(sha, type_)
+            if path.exists():
+                break
+        else:
+            return None
+        rows = schema = None
+        if type_ == "table":
+            import polars as pl
 
-    def manifest(self, sha: str) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.manifest_path(sha).read_bytes())
-        except FileNotFoundError:
+            schema = {k: str(v) for k, v in pl.read_parquet_schema(path).items()}
+            rows = _parquet_rows(path)
+        size = (
+            path.stat().st_size
+            if path.is_file()
+            else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        )
+        return ArtifactInfo(
+            sha256=sha, type=type_, bytes=size, rows=rows, schema=schema, path=str(path)
+        )
+
+    def info(self, sha: str) -> ArtifactInfo:
+        found = self.find(sha)
+        if found is None:
             msg = f"artifact {sha[:12]} is not in the store {self.root}"
-            raise StoreError(msg) from None
-        return data
+            raise StoreError(
+                msg, hint="It was garbage-collected or never written; run the pipeline again."
+            )
+        return found
 
     def _info_from(self, raw: Mapping[str, Any]) -> ArtifactInfo:
         sha = raw["sha256"]
@@ -269,7 +267,8 @@ class Store:
         )
 
     def has(self, sha: str, type_: ArtifactType) -> bool:
-        return self.manifest_path(sha).exists() and self.object_path(sha, type_).exists()
+        """A payload at its final name is complete: it is renamed there only after its fsync."""
+        return self.object_path(sha, type_).exists()
 
     def resolve_prefix(self, prefix: str) -> str:
         """Full sha256 for an unambiguous prefix (at least 4 hex digits)."""
@@ -278,20 +277,16 @@ class Store:
         if len(prefix) < 4:
             msg = f"artifact id '{prefix}' is too short: give at least 4 characters"
             raise StoreError(msg)
-        matches = {p.name.split(".")[0] for p in self.objects.glob(f"{prefix}*.manifest.json")}
+        matches = {p.name.split(".")[0] for p in self.objects.glob(f"{prefix}*")}
         if len(matches) != 1:
             what = "no artifact" if not matches else f"{len(matches)} artifacts"
             msg = f"{what} match '{prefix}'"
             raise StoreError(msg)
         return matches.pop()
 
-    # -- the stage cache --------------------------------------------------------------------
-    def read_cache(self, fingerprint: str) -> CacheEntry | None:
-        """The cache entry for a fingerprint if it and all its outputs are in the store."""
-        try:
-            raw = json.loads(self.cache_path(fingerprint).read_bytes())
-        except (FileNotFoundError, ValueError):
-            return None
+    # -- the stage cache (entries live in the run records; the store checks their objects) --
+    def entry_from_dict(self, raw: Mapping[str, Any]) -> CacheEntry | None:
+        """A cache entry whose output objects are all present, else None (re-run the stage)."""
         outputs = {name: self._info_from(o) for name, o in raw["outputs"].items()}
         if not all(self.has(o.sha256, o.type) for o in outputs.values()):
             return None
@@ -309,58 +304,30 @@ class Store:
             created=raw.get("created", 0.0),
         )
 
-    def write_cache(self, entry: CacheEntry) -> None:
-        data = json.dumps(entry.to_dict(), sort_keys=True, default=str).encode()
-        atomic_write_bytes(self.cache_path(entry.fingerprint), data, self.tmp)
-
-    def iter_cache(self) -> Iterator[dict[str, Any]]:
-        for p in self.cache_dir.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                yield json.loads(p.read_bytes())
-
-    def iter_manifests(self) -> Iterator[dict[str, Any]]:
-        for p in self.objects.glob("*.manifest.json"):
-            with contextlib.suppress(OSError, ValueError):
-                yield json.loads(p.read_bytes())
+    def iter_objects(self) -> Iterator[tuple[str, Path]]:
+        for p in self.objects.iterdir():
+            yield p.name.split(".")[0], p
 
     # -- garbage collection -----------------------------------------------------------------
-    def gc(self, keep: set[str], *, dry_run: bool = False, tmp_age_s: float = 3600.0) -> dict[str, int]:
-        """Delete objects not in ``keep`` and cache entries pointing at deleted objects."""
-        removed_objects = removed_bytes = removed_cache = 0
-        for manifest in list(self.iter_manifests()):
-            sha = manifest["sha256"]
+    def gc(
+        self, keep: set[str], *, dry_run: bool = False, tmp_age_s: float = 3600.0
+    ) -> dict[str, int]:
+        """Delete objects not in ``keep``, and scratch files older than ``tmp_age_s``."""
+        removed_objects = removed_bytes = 0
+        for sha, path in list(self.iter_objects()):
             if sha in keep:
                 continue
             removed_objects += 1
-            removed_bytes += int(manifest.get("bytes") or 0)
-            if not dry_run:
-                self.manifest_path(sha).unlink(missing_ok=True)  # invisible first
-                target = self.object_path(sha, manifest["type"])
-                if target.is_dir():
-                    shutil.rmtree(target, ignore_errors=True)
-                else:
-                    target.unlink(missing_ok=True)
-        for entry in list(self.iter_cache()):
-            shas = {o["sha256"] for o in entry.get("outputs", {}).values()}
-            if not shas <= keep:
-                removed_cache += 1
+            if path.is_dir():
+                removed_bytes += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
                 if not dry_run:
-                    self.cache_path(entry["fingerprint"]).unlink(missing_ok=True)
-        # payloads whose manifest was never written (a crash between the two) and old tmp files
+                    shutil.rmtree(path, ignore_errors=True)
+            else:
+                removed_bytes += path.stat().st_size
+                if not dry_run:
+                    path.unlink(missing_ok=True)
         now = time.time()
-        for p in list(self.objects.iterdir()):
-            if p.name.endswith(".manifest.json"):
-                continue
-            sha = p.name.split(".")[0]
-            if sha not in keep and not self.manifest_path(sha).exists():
-                age = now - p.stat().st_mtime
-                if age > tmp_age_s and not dry_run:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         for p in list(self.tmp.iterdir()):
             if now - p.stat().st_mtime > tmp_age_s and not dry_run:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        return {
-            "objects_removed": removed_objects,
-            "bytes_removed": removed_bytes,
-            "cache_entries_removed": removed_cache,
-        }
+        return {"objects_removed": removed_objects, "bytes_removed": removed_bytes}

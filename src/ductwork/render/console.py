@@ -14,7 +14,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ductwork.core.events import Event, RunFinished, RunStarted, StageFinished, StageProgress, StageStarted
+from ductwork.core.events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageProgress,
+    StageStarted,
+)
 
 STYLE = {
     "ok": "green",
@@ -62,7 +69,9 @@ def _fmt_bytes(n: int | None) -> str:
 class ConsoleRenderer:
     """Consumes run events and draws them."""
 
-    def __init__(self, console: Console | None = None, *, live: bool | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self, console: Console | None = None, *, live: bool | None = None, verbose: bool = False
+    ) -> None:
         self.console = console or Console(stderr=False, highlight=False)
         self.live_enabled = self.console.is_terminal if live is None else live
         self.verbose = verbose
@@ -83,7 +92,9 @@ class ConsoleRenderer:
                 f" ({event.workers} worker{'s' if event.workers != 1 else ''})"
             )
             if self.live_enabled:
-                self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True)
+                self.live = Live(
+                    self._table(), console=self.console, refresh_per_second=8, transient=True
+                )
                 self.live.start()
         elif isinstance(event, StageStarted):
             row = self.rows.setdefault(event.stage, {})
@@ -104,7 +115,9 @@ class ConsoleRenderer:
                 rows_out=event.rows_out,
                 metrics=event.metrics,
                 error=event.error,
-                bytes=sum(o.get("bytes") or 0 for o in event.outputs.values()) if event.outputs else None,
+                bytes=sum(o.get("bytes") or 0 for o in event.outputs.values())
+                if event.outputs
+                else None,
                 progress="",
             )
             if not self.live_enabled and self.verbose:
@@ -162,10 +175,14 @@ class ConsoleRenderer:
             self.live = None
         self.console.print(self._table())
         parts = [f"{n} {s}" for s, n in sorted(event.counts.items())]
-        style = "green" if event.status == "ok" else ("magenta" if event.status == "planned" else "red")
+        style = (
+            "green" if event.status == "ok" else ("magenta" if event.status == "planned" else "red")
+        )
         head = {"ok": "Done", "failed": "Failed", "planned": "Plan"}[event.status]
         self.console.print(
-            Text.assemble((f"{head} ", f"bold {style}"), f"in {_fmt_s(event.duration_s)}: ", ", ".join(parts))
+            Text.assemble(
+                (f"{head} ", f"bold {style}"), f"in {_fmt_s(event.duration_s)}: ", ", ".join(parts)
+            )
         )
         metric_lines = self._metric_lines(event.stages)
         if metric_lines:
@@ -192,13 +209,22 @@ class ConsoleRenderer:
             shown = []
             for k, v in m.items():
                 if isinstance(v, dict | list):
-                    if k in ("checks", "quarantined_by_check", "failed_by_check") and isinstance(v, dict):
-                        inner = ", ".join(f"{ck} {cv:,}" if isinstance(cv, int) else f"{ck} {cv}" for ck, cv in list(v.items())[:8])
+                    if k in ("checks", "quarantined_by_check", "failed_by_check") and isinstance(
+                        v, dict
+                    ):
+                        inner = ", ".join(
+                            f"{ck} {cv:,}" if isinstance(cv, int) else f"{ck} {cv}"
+                            for ck, cv in list(v.items())[:8]
+                        )
                         shown.append(f"{k}: {inner}")
                     continue
-                shown.append(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}")
+                shown.append(
+                    f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
+                )
             if shown:
-                lines.append(Text.assemble((f"  {s['stage']}: ", "bold"), ("; ".join(shown)[:400], "")))
+                lines.append(
+                    Text.assemble((f"  {s['stage']}: ", "bold"), ("; ".join(shown)[:400], ""))
+                )
         return lines
 
 

@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from ductwork.core.contract import ArtifactType, Inputs, Output, StageContext, StageKind, StageParams
+from ductwork.core.contract import (
+    ArtifactType,
+    Inputs,
+    Output,
+    StageContext,
+    StageKind,
+    StageParams,
+)
 from ductwork.core.fingerprint import source_digest
 from ductwork.errors import DataError, UsageError
 
@@ -36,7 +43,9 @@ def _load_callable(target: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         msg = f"uses '{target}': cannot import module '{module_name}': {exc}"
-        raise UsageError(msg, hint="Is the module on sys.path (the project directory is added)?") from exc
+        raise UsageError(
+            msg, hint="Is the module on sys.path (the project directory is added)?"
+        ) from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -51,9 +60,11 @@ def _load_callable(target: str) -> Callable[..., Any]:
 
 class PythonParams(StageParams):
     uses: Any = Field(description="'package.module:function', or the function itself (Python API).")
-    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the function."
+    )
     outputs: dict[str, ArtifactType] = Field(
-        default_factory=lambda: {"main": "table"},
+        default_factory=lambda: {"main": "table"},  # type: ignore[arg-type]
         description="Declared outputs and their artifact types; the first is the main one.",
     )
     non_empty: bool = Field(default=False, description="Fail when the main table output is empty.")
@@ -80,7 +91,10 @@ class PythonParams(StageParams):
         return v
 
     def function(self) -> Callable[..., Any]:
-        return _load_callable(self.uses) if isinstance(self.uses, str) else self.uses  # type: ignore[no-any-return]
+        fn: Callable[..., Any] = (
+            _load_callable(self.uses) if isinstance(self.uses, str) else self.uses
+        )
+        return fn
 
 
 class PythonStage(StageKind[PythonParams]):
@@ -89,7 +103,7 @@ class PythonStage(StageKind[PythonParams]):
     name = "python"
     version = "1"
     Params = PythonParams
-    outputs = {"main": Output("table")}
+    outputs: ClassVar[dict[str, Output]] = {"main": Output("table")}
     min_inputs = 0
     max_inputs = None
     summary = "Your own function on (Lazy)Frames; its source is part of the fingerprint."
@@ -110,7 +124,13 @@ class PythonStage(StageKind[PythonParams]):
         for name, art in inputs.items():
             t = art.info.type
             kwargs[name] = (
-                art.lazy() if t == "table" else art.json() if t == "json" else art.text() if t == "text" else art.path
+                art.lazy()
+                if t == "table"
+                else art.json()
+                if t == "json"
+                else art.text()
+                if t == "text"
+                else art.path
             )
         kwargs.update(params.args)
         sig = inspect.signature(fn)
@@ -124,7 +144,9 @@ class PythonStage(StageKind[PythonParams]):
                     f"function {getattr(fn, '__qualname__', fn)} does not take {', '.join(unknown)}; "
                     f"its parameters are ({', '.join(sig.parameters)})"
                 )
-                raise UsageError(msg, hint="Name the function's parameters after the stage's inputs.")
+                raise UsageError(
+                    msg, hint="Name the function's parameters after the stage's inputs."
+                )
         result = fn(**kwargs)
         declared = self.declared_outputs(params)
         if len(declared) == 1:
