@@ -99,7 +99,8 @@ class Stage:
             entry["kind"] = "python"
             entry["uses"] = self.kind
             if self.inputs is None:
-                entry["inputs"] = _signature_inputs(self.kind)
+                given = set(self.params.get("args", {}))
+                entry["inputs"] = [n for n in _signature_inputs(self.kind) if n not in given]
         else:
             entry["kind"] = self.kind
         if self.inputs is not None:

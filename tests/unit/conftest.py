@@ -20,7 +20,7 @@ def double(src: pl.LazyFrame, factor: int = 2) -> pl.LazyFrame:
     return src.with_columns(pl.col("x") * factor)
 
 
-def boom(src: pl.LazyFrame) -> pl.LazyFrame:
+def boom(src: pl.LazyFrame, factor: int = 2) -> pl.LazyFrame:
     raise RuntimeError("boom in stage")
 '''
 

@@ -218,7 +218,7 @@ class Runner:
             RunStarted(
                 run_id=run_id,
                 pipeline=p.name,
-                stages=p.order,
+                stages=[s for s in p.order if s in self._needed(selected)],
                 selected=[s for s in p.order if s in selected],
                 executor=f"{exec_kind}/{executor.name if executor else 'none'}",
                 workers=executor.workers if executor else 0,
@@ -249,7 +249,9 @@ class Runner:
     ) -> None:
         p = self.pipeline
         decl = {n: i for i, n in enumerate(p.stages)}
-        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(p.dependencies())
+        needed = self._needed(selected)
+        deps = {n: d for n, d in p.dependencies().items() if n in needed}
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(deps)
         sorter.prepare()
         in_flight: dict[
             Future[StageResult], tuple[StageNode, Fingerprint, dict[str, ArtifactInfo]]

@@ -1,0 +1,176 @@
+"""The runner through the Python API, with `kind: python` stages from a module in the project."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import ductwork as dw
+from ductwork.core.events import Event, RunFinished, StageFinished
+from ductwork.errors import UsageError
+
+
+def project(tmp_path: Path, steps: str, *, factor: int = 2, extra: str = "") -> Path:
+    p = tmp_path / "pipeline.yaml"
+    p.write_text(
+        textwrap.dedent(
+            f"""
+            pipeline: t
+            stages:
+              - name: src
+                kind: python
+                uses: {steps}:src
+              - name: doubled
+                kind: python
+                uses: {steps}:double
+                params: {{args: {{factor: {factor}}}}}
+              - name: summed
+                kind: transform
+                inputs: [doubled]
+                params:
+                  sql: select g, sum(x) as total from doubled group by g order by g
+            """
+        )
+        + extra
+    )
+    return p
+
+
+def statuses(res: dw.api.RunResult) -> dict[str, str]:  # type: ignore[name-defined]
+    return {name: s.status for name, s in res.stages.items()}
+
+
+def test_first_run_then_all_cached(tmp_path: Path, steps: str) -> None:
+    pipe = dw.load(project(tmp_path, steps))
+    first = dw.run(pipe)
+    assert first.exit_code == 0
+    assert statuses(first) == {"src": "ok", "doubled": "ok", "summed": "ok"}
+    assert dw.artifact(pipe, "summed").to_dicts() == [{"g": "a", "total": 8}, {"g": "b", "total": 4}]
+    again = dw.run(pipe)
+    assert statuses(again) == {"src": "cached", "doubled": "cached", "summed": "cached"}
+    assert again.stages["summed"].outputs == first.stages["summed"].outputs
+
+
+def test_param_change_reruns_only_downstream_and_says_why(tmp_path: Path, steps: str) -> None:
+    dw.run(dw.load(project(tmp_path, steps)))
+    events: list[Event] = []
+    res = dw.run(dw.load(project(tmp_path, steps, factor=3)), on_event=events.append)
+    assert statuses(res) == {"src": "cached", "doubled": "ok", "summed": "ok"}
+    reasons = {e.stage: e.reason for e in events if isinstance(e, StageFinished)}
+    assert reasons["doubled"] == "param 'args' changed"
+    assert reasons["summed"] == "input 'doubled' changed"
+
+
+def test_plan_reports_stale_without_running(tmp_path: Path, steps: str) -> None:
+    dw.run(dw.load(project(tmp_path, steps)))
+    pipe = dw.load(project(tmp_path, steps, factor=5))
+    plan = dw.plan(pipe)
+    assert statuses(plan) == {"src": "cached", "doubled": "stale", "summed": "stale"}
+    assert plan.stages["summed"].reason == "upstream stage 'doubled' will run"
+    # nothing ran: the last real run still has factor 2
+    assert dw.artifact(pipe, "summed")["total"].to_list() == [8, 4]
+
+
+def test_failed_stage_keeps_earlier_artifacts_and_resumes(tmp_path: Path, steps: str) -> None:
+    broken = project(tmp_path, steps).read_text().replace(f"{steps}:double", f"{steps}:boom")
+    (tmp_path / "pipeline.yaml").write_text(broken)
+    res = dw.run(dw.load(tmp_path / "pipeline.yaml"))
+    assert res.exit_code == 1
+    assert statuses(res) == {"src": "ok", "doubled": "failed", "summed": "skipped"}
+    assert "boom in stage" in res.stages["doubled"].error["message"]  # type: ignore[index]
+    fixed = dw.run(dw.load(project(tmp_path, steps)))
+    assert statuses(fixed) == {"src": "cached", "doubled": "ok", "summed": "ok"}
+
+
+def test_only_runs_one_stage_from_saved_inputs(tmp_path: Path, steps: str) -> None:
+    pipe = dw.load(project(tmp_path, steps))
+    with pytest.raises(UsageError, match="outside the selection and has no saved artifacts"):
+        dw.run(pipe, only=["summed"])
+    dw.run(pipe)
+    res = dw.run(pipe, only=["summed"], force=True)
+    assert statuses(res) == {"src": "saved", "doubled": "saved", "summed": "ok"}
+
+
+def test_only_uses_saved_artifacts_even_when_upstream_is_stale(tmp_path: Path, steps: str) -> None:
+    dw.run(dw.load(project(tmp_path, steps)))
+    pipe = dw.load(project(tmp_path, steps, factor=10))
+    res = dw.run(pipe, only=["summed"], force=True)
+    assert res.stages["doubled"].status == "saved"
+    assert "stale" in res.stages["doubled"].reason
+    assert dw.artifact(pipe, "summed")["total"].to_list() == [8, 4]
+
+
+def test_from_and_to(tmp_path: Path, steps: str) -> None:
+    pipe = dw.load(project(tmp_path, steps))
+    res = dw.run(pipe, to=["doubled"])
+    assert statuses(res) == {"src": "ok", "doubled": "ok"}
+    res = dw.run(pipe, from_=["doubled"], force=True)
+    assert statuses(res) == {"src": "saved", "doubled": "ok", "summed": "ok"}
+
+
+def test_force_reruns_everything(tmp_path: Path, steps: str) -> None:
+    pipe = dw.load(project(tmp_path, steps))
+    dw.run(pipe)
+    assert set(statuses(dw.run(pipe, force=True)).values()) == {"ok"}
+
+
+def test_expect_rule_failure_names_stage_artifact_and_rule(tmp_path: Path, steps: str) -> None:
+    extra = """
+  - name: checked
+    kind: transform
+    inputs: [summed]
+    params: {sql: select * from summed}
+    expect:
+      - {column: total, between: [0, 5]}
+"""
+    res = dw.run(dw.load(project(tmp_path, steps, extra=extra)))
+    assert res.exit_code == 1
+    err = res.stages["checked"].error
+    assert err is not None
+    assert "output 'main'" in err["message"]
+    assert "total" in err["message"]
+
+
+def test_summary_event_is_last_and_counts(tmp_path: Path, steps: str) -> None:
+    events: list[Event] = []
+    dw.run(dw.load(project(tmp_path, steps)), on_event=events.append)
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].counts == {"ok": 3}
+
+
+def test_python_api_pipeline_with_decorator(tmp_path: Path) -> None:
+    @dw.stage
+    def numbers() -> pl.DataFrame:
+        return pl.DataFrame({"n": [1, 2, 3, 4]})
+
+    @dw.stage(threshold=2)
+    def big(numbers: pl.LazyFrame, threshold: int) -> pl.LazyFrame:
+        return numbers.filter(pl.col("n") > threshold)
+
+    pipe = dw.pipeline("py", [numbers, big], project_dir=tmp_path)
+    res = dw.run(pipe)
+    assert res.exit_code == 0
+    assert dw.artifact(pipe, "big")["n"].to_list() == [3, 4]
+    assert statuses(dw.run(pipe)) == {"numbers": "cached", "big": "cached"}
+
+
+def test_thread_pool_runs_independent_branches(tmp_path: Path) -> None:
+    import time
+
+    def slow(tag: str):  # type: ignore[no-untyped-def]
+        def f() -> pl.DataFrame:
+            time.sleep(0.3)
+            return pl.DataFrame({"t": [tag]})
+
+        f.__name__ = tag
+        return f
+
+    stages = [dw.Stage(f"b{i}", slow(f"b{i}"), inputs=[]) for i in range(4)]
+    pipe = dw.pipeline("par", stages, project_dir=tmp_path, executor={"workers": 4})
+    res = dw.run(pipe)
+    assert res.exit_code == 0
+    # four 0.3 s sleeps on 4 workers overlap
+    assert res.duration_s < 1.0
