@@ -274,6 +274,13 @@ class Runner:
                 self._finish_stage(run_id, node, fp, inputs, fut.result())
                 sorter.done(node.name)
 
+    def _needed(self, selected: set[str]) -> set[str]:
+        """The selected stages and everything upstream of them (whose artifacts they read)."""
+        needed = set(selected)
+        for name in selected:
+            needed |= self.pipeline.upstream(name)
+        return needed
+
     def _inputs_of(
         self, node: StageNode, outcomes: dict[str, StageOutcome]
     ) -> dict[str, ArtifactInfo] | str:
