@@ -301,7 +301,7 @@ def _prepare_text(
         target.mkdir(parents=True, exist_ok=True)
         local = target / f"{i:05d}-{f.local.name}"
         with local.open("w", encoding="utf-8", newline="") as fh:
-            counts.append(_decode(f, encoding, ctx, fh))  # type: ignore[arg-type]
+            counts.append(_decode(f, encoding, ctx, fh))
         out.append(_File(f.shown, local))
     return out, counts
 
@@ -319,10 +319,10 @@ def _csv_rows(f: _File, opts: FileOptions, encoding: str) -> Iterator[tuple[int,
     codec = "utf-8-sig" if encoding in ("utf8", "utf8-lossy") else "utf-8"
     errors = "replace"
     with f.local.open(encoding=codec, errors=errors, newline="") as fh:
-        quoting = csv.QUOTE_NONE if opts.quote_char is None else csv.QUOTE_MINIMAL
-        reader = csv.reader(
-            fh, delimiter=opts.separator, quotechar=opts.quote_char or '"', quoting=quoting
-        )
+        if opts.quote_char is None:
+            reader = csv.reader(fh, delimiter=opts.separator, quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(fh, delimiter=opts.separator, quotechar=opts.quote_char)
         for row in reader:
             yield reader.line_num, row
 
@@ -461,7 +461,9 @@ def _load_csv(files: list[_File], opts: FileOptions, ctx: StageContext) -> Loade
         shapes.append((names, rows, trailing))
         _check_same_columns((files[0], shapes[0][0]), (f, names), ctx)
     args = _csv_scan_args(opts, enc)
-    paths = [str(f.local) for f in files]
+    # infer types from the files that have rows: a header-only file would make every column text
+    paths = [str(f.local) for f, s in zip(files, shapes, strict=True) if s[1] > s[2]]
+    paths = paths or [str(files[0].local)]
     try:
         schema = pl.scan_csv(
             paths,
@@ -633,8 +635,9 @@ def _load_json(files: list[_File], opts: FileOptions, ctx: StageContext) -> Load
             raise DataError(msg) from None
         where = f"stage '{ctx.stage}': {f.shown}"
         df = frame_from_records(dig(doc, opts.records_path, where), where, opts.records_path)
-        frames.append(df.with_columns(pl.lit(f.shown).alias(FILE_COLUMN)))
-    frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+        if df.width:  # an empty list of records adds nothing
+            frames.append(df.with_columns(pl.lit(f.shown).alias(FILE_COLUMN)))
+    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     return Loaded(frame.lazy(), where=opts.path, files=[f.shown for f in files])
 
 

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 Scalar = str | int | float | bool
 
-_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|pwd|sig|signature|auth|credential)", re.I)
+_SECRET_KEY = re.compile(
+    r"(key|token|secret|password|passwd|pwd|sig|signature|auth|credential)", re.I
+)
 REDACTED = "***"
 
 
@@ -49,11 +51,13 @@ def redact_url(url: str) -> str:
         user, sep, _ = userinfo.partition(":")
         netloc = f"{user}:{REDACTED}@{host}" if sep else f"{user}@{host}"
     query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_SECRET_KEY.search(k) for k, _ in pairs):
         query = urlencode(
             [(k, REDACTED if _SECRET_KEY.search(k) else v) for k, v in pairs], safe="*"
         )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing secret (and sqlite:/// keeps its three slashes)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -176,8 +180,12 @@ def _get(client: Any, url: str, params: Mapping[str, Any], req: HttpRequest, wal
             reason = f"could not connect ({type(exc).__name__}: {walk.scrub(str(exc))})"
         else:
             status = resp.status_code
-            if status < 400:
+            if status < 300:
                 return resp
+            if status < 400:
+                to = redact_url(resp.headers.get("location", "?"))
+                msg = f"GET {redact_url(str(resp.request.url))} redirects ({status}) to {to}"
+                raise SourceError(msg, hint="Set url to the final address.")
             shown = redact_url(str(resp.request.url))
             reason = f"HTTP {status} {resp.reason_phrase}".strip()
             if status != 429 and status < 500:
@@ -246,7 +254,9 @@ def fetch_records(req: HttpRequest, ctx: StageContext) -> pl.DataFrame:
     frames: list[pl.DataFrame] = []
     seen: set[str] = set()
     pages = 0
-    with httpx.Client(timeout=req.timeout, headers=headers, follow_redirects=True) as client:
+    # httpx drops an Authorization header on cross-site redirects, but not other headers
+    follow = req.auth is None or req.auth.header.lower() == "authorization"
+    with httpx.Client(timeout=req.timeout, headers=headers, follow_redirects=follow) as client:
         while True:
             resp = _get(client, url, params, req, walk)
             pages += 1
@@ -270,7 +280,7 @@ def fetch_records(req: HttpRequest, ctx: StageContext) -> pl.DataFrame:
                 params[pag.param] = nxt
             elif isinstance(pag, PagePagination):
                 params[pag.param] = int(params[pag.param]) + 1
-            if nxt in seen:
+            if not isinstance(pag, PagePagination) and nxt in seen:
                 msg = f"{where}: the API returned the same next page twice ({redact_url(nxt)})"
                 raise SourceError(msg, hint="The pagination loops; check the pagination params.")
             seen.add(nxt)
@@ -304,12 +314,13 @@ def _next(
     if pag is None:
         return None
     if isinstance(pag, PagePagination):
-        return None if n_records == 0 else f"page-after:{n_records}:{id(body)}"
+        return None if n_records == 0 else "next page"
     if isinstance(pag, NextLinkPagination) and pag.path is None:
         link = resp.links.get("next", {}).get("url")
         return str(link) if link else None
     path = pag.path
-    assert path is not None  # for mypy: both remaining modes have a path
+    if path is None:
+        return None
     try:
         value = dig(body, path, where)
     except DataError:

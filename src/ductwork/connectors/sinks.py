@@ -5,10 +5,12 @@ a reader sees the old file or the new one, never half of one. A partitioned (Hiv
 is written to a temporary directory and swapped in with one ``renameat2(RENAME_EXCHANGE)`` where
 the OS has it (two renames otherwise); the old set is removed only after the new one is in place.
 
-Databases: rows go into a temporary staging table first (PostgreSQL: ``COPY``; SQLite:
-``executemany``; DuckDB: the Parquet input registered as an Arrow dataset), then one statement
-merges them into the target, all inside one transaction: a failure anywhere (a constraint, a bad
-value, a dropped connection, a killed process) leaves the target as it was.
+Databases: everything happens inside one transaction, so a failure anywhere (a constraint, a
+bad value, a dropped connection, a killed process) leaves the target as it was. ``replace`` and
+plain ``append`` bulk-load straight into the table (PostgreSQL: ``COPY``; SQLite:
+``executemany``; DuckDB: the Parquet input registered as an Arrow dataset); ``upsert`` and
+``append`` with ``dedupe_on`` bulk-load a temporary staging table and merge it with one
+``INSERT … SELECT`` (``ON CONFLICT (key) DO UPDATE`` / ``WHERE NOT EXISTS``).
 
 Identifiers are always quoted and table names validated; values are never interpolated into SQL.
 URLs may carry passwords: only :func:`redact_url` forms of them appear in messages and receipts.
@@ -67,6 +69,8 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable url>"
+    if not _url_secrets(url) and not (parts.password or ":" in parts.netloc.rpartition("@")[0]):
+        return url
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
@@ -466,7 +470,7 @@ class LoadResult:
 
 
 class DatabaseTarget(ABC):
-    """A table in a database, loaded in one transaction through a staging table."""
+    """A table in a database, loaded in one transaction."""
 
     dialect: ClassVar[Dialect]
     label: ClassVar[str]
@@ -512,8 +516,8 @@ class DatabaseTarget(ABC):
     def _has_unique_index(self, key: Sequence[str]) -> bool: ...
 
     @abstractmethod
-    def _stage(self, staging: str, source: ParquetSource) -> None:
-        """Create the temporary staging table and bulk-load the input into it."""
+    def _bulk_insert(self, table: str, source: ParquetSource) -> None:
+        """Bulk-load the input into ``table`` (quoted; the target or a staging table)."""
 
     @abstractmethod
     def _classify(self, exc: Exception) -> type[DuctworkError] | None:
@@ -539,12 +543,15 @@ class DatabaseTarget(ABC):
     def _where(self) -> str:
         return f"table '{self.table}' in {self.label} {self.target}"
 
-    def create_table_sql(self, schema: pl.Schema) -> str:
+    def create_table_sql(self, name: str, schema: pl.Schema, *, temporary: bool = False) -> str:
+        """CREATE [TEMP] TABLE for ``schema``; ``name`` is already quoted."""
         cols = ", ".join(
-            f"{quote_ident(name)} {sql_type(dtype, self.dialect, name)}"
-            for name, dtype in schema.items()
+            f"{quote_ident(col)} {sql_type(dtype, self.dialect, col)}"
+            for col, dtype in schema.items()
         )
-        return f"CREATE TABLE {quote_table(self.table)} ({cols})"
+        temp = "TEMP " if temporary else ""
+        tail = " ON COMMIT DROP" if temporary and self.dialect == "postgres" else ""
+        return f"CREATE {temp}TABLE {name} ({cols}){tail}"
 
     def _index_name(self, key: Sequence[str]) -> str:
         base = re.sub(r"\W", "_", f"{self.table.split('.')[-1]}_{'_'.join(key)}_dw_key")
@@ -552,6 +559,21 @@ class DatabaseTarget(ABC):
             digest = hashlib.sha256(base.encode()).hexdigest()[:8]
             base = f"{base[: MAX_IDENTIFIER_BYTES - 9]}_{digest}"
         return base
+
+    def _add_unique_index(self, key: Sequence[str]) -> None:
+        """ON CONFLICT (key) needs a unique index on exactly the key columns."""
+        try:
+            self._exec(self._create_index_sql(self._index_name(key), key))
+        except Exception as exc:
+            if self._classify(exc) is None:
+                raise
+            detail = _scrub(str(exc).strip().splitlines()[0], self._secrets)
+            msg = (
+                f"cannot add a unique index on ({', '.join(key)}) to {self._where()}, which "
+                f"upsert needs: {detail}; the table was left unchanged"
+            )
+            hint = "The table already holds duplicate keys: dedupe it, or load with mode: replace."
+            raise DataError(msg, hint=hint) from None
 
     def load(
         self,
@@ -595,20 +617,17 @@ class DatabaseTarget(ABC):
         existing = self._columns()
         if existing is not None:
             self._lock()
-        staging = f"_dw_stage_{uuid.uuid4().hex[:12]}"
-        self._stage(staging, source)
-        created = False
-        before = 0
+        created, before = False, 0
         if mode == "replace":
             if existing is not None and set(existing) == set(cols):
                 self._clear()
             else:
                 if existing is not None:
                     self._exec(f"DROP TABLE {quote_table(self.table)}")
-                self._exec(self.create_table_sql(source.schema))
+                self._exec(self.create_table_sql(quote_table(self.table), source.schema))
                 created = True
         elif existing is None:
-            self._exec(self.create_table_sql(source.schema))
+            self._exec(self.create_table_sql(quote_table(self.table), source.schema))
             created = True
         else:
             missing = [c for c in cols if c not in existing]
@@ -621,34 +640,46 @@ class DatabaseTarget(ABC):
                 hint = f"Table columns: {', '.join(existing)}. Use mode: replace to re-create it."
                 raise DataError(msg, hint=hint)
             before = self._count()
-        collist = ", ".join(map(quote_ident, cols))
-        target, stage = quote_table(self.table), quote_ident(staging)
-        insert = f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage}"
-        if mode == "upsert":
-            if not self._has_unique_index(key):
-                self._exec(self._create_index_sql(self._index_name(key), key))
-            keys = ", ".join(map(quote_ident, key))
-            rest = [c for c in cols if c not in key]
-            action = (
-                "UPDATE SET "
-                + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in rest)
-                if rest
-                else "NOTHING"
-            )
-            insert += f" WHERE true ON CONFLICT ({keys}) DO {action}"
-        elif mode == "append" and dedupe_on:
-            match = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in dedupe_on)
-            insert = (
-                f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage} AS s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
-            )
-        self._exec(insert)
+        if mode == "upsert" and not self._has_unique_index(key):
+            self._add_unique_index(key)
+        if mode == "upsert" or dedupe_on:
+            # Merging needs the rows in the database first: a temporary staging table.
+            stage = quote_ident(f"_dw_stage_{uuid.uuid4().hex[:12]}")
+            self._exec(self.create_table_sql(stage, source.schema, temporary=True))
+            self._bulk_insert(stage, source)
+            self._exec(self._merge_sql(stage, cols, key, dedupe_on))
+            self._exec(f"DROP TABLE {stage}")
+        else:
+            # replace / plain append: straight into the table; the transaction is the safety.
+            self._bulk_insert(quote_table(self.table), source)
         after = self._count()
-        self._exec(f"DROP TABLE {stage}")
         inserted = after - before
         if mode == "upsert":
             return LoadResult(source.rows, inserted, source.rows - inserted, 0, after, created)
         return LoadResult(source.rows, inserted, 0, source.rows - inserted, after, created)
+
+    def _merge_sql(
+        self, stage: str, cols: Sequence[str], key: Sequence[str], dedupe_on: Sequence[str]
+    ) -> str:
+        target, collist = quote_table(self.table), ", ".join(map(quote_ident, cols))
+        if dedupe_on:  # append, skipping rows whose key is already in the table
+            match = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in dedupe_on)
+            return (
+                f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage} AS s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
+            )
+        rest = [c for c in cols if c not in key]
+        action = (
+            "UPDATE SET " + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in rest)
+            if rest
+            else "NOTHING"
+        )
+        keys = ", ".join(map(quote_ident, key))
+        # `WHERE true` keeps SQLite from reading ON CONFLICT as part of a join.
+        return (
+            f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage} WHERE true "
+            f"ON CONFLICT ({keys}) DO {action}"
+        )
 
 
 # -- SQLite -------------------------------------------------------------------------------------
@@ -745,13 +776,10 @@ class SQLiteTarget(DatabaseTarget):
         cols = ", ".join(map(quote_ident, key))
         return f"CREATE UNIQUE INDEX {qualified} ON {quote_ident(table)} ({cols})"
 
-    def _stage(self, staging: str, source: ParquetSource) -> None:
-        cols = ", ".join(
-            f"{quote_ident(n)} {sql_type(t, 'sqlite', n)}" for n, t in source.schema.items()
-        )
-        self._exec(f"CREATE TEMP TABLE {quote_ident(staging)} ({cols})")
+    def _bulk_insert(self, table: str, source: ParquetSource) -> None:
+        collist = ", ".join(map(quote_ident, source.columns))
         marks = ", ".join("?" * len(source.columns))
-        insert = f"INSERT INTO {quote_ident(staging)} VALUES ({marks})"
+        insert = f"INSERT INTO {table} ({collist}) VALUES ({marks})"
         done = 0
         for batch in source.batches(self.batch_rows):
             try:
@@ -848,17 +876,17 @@ class DuckDBTarget(DatabaseTarget):
         )
         return bool(ours)
 
-    def _stage(self, staging: str, source: ParquetSource) -> None:
+    def _bulk_insert(self, table: str, source: ParquetSource) -> None:
         import pyarrow.dataset as pads
 
-        view = f"{staging}_src"
-        self._con.register(view, pads.dataset(str(source.path), format="parquet"))
+        view = quote_ident(f"_dw_src_{uuid.uuid4().hex[:12]}")
+        collist = ", ".join(map(quote_ident, source.columns))
+        # DuckDB scans the registered Arrow dataset itself, batch by batch.
+        self._con.register(view.strip('"'), pads.dataset(str(source.path), format="parquet"))
         try:
-            self._exec(
-                f"CREATE TEMP TABLE {quote_ident(staging)} AS SELECT * FROM {quote_ident(view)}"
-            )
+            self._exec(f"INSERT INTO {table} ({collist}) SELECT {collist} FROM {view}")
         finally:
-            self._con.unregister(view)
+            self._con.unregister(view.strip('"'))
         self.progress(source.rows, source.rows, "rows")
 
     def _classify(self, exc: Exception) -> type[DuctworkError] | None:
@@ -976,16 +1004,12 @@ class PostgresTarget(DatabaseTarget):
         )
         return any(sorted(r[0]) == sorted(key) for r in rows)
 
-    def _stage(self, staging: str, source: ParquetSource) -> None:
-        cols = ", ".join(
-            f"{quote_ident(n)} {sql_type(t, 'postgres', n)}" for n, t in source.schema.items()
-        )
-        self._exec(f"CREATE TEMP TABLE {quote_ident(staging)} ({cols}) ON COMMIT DROP")
+    def _bulk_insert(self, table: str, source: ParquetSource) -> None:
         collist = ", ".join(map(quote_ident, source.columns))
         done = 0
         with (
             self._conn.cursor() as cur,
-            cur.copy(f"COPY {quote_ident(staging)} ({collist}) FROM STDIN (FORMAT csv)") as copy,
+            cur.copy(f"COPY {table} ({collist}) FROM STDIN (FORMAT csv)") as copy,
         ):
             for batch in source.batches(self.batch_rows):
                 copy.write(_pg_csv(batch))

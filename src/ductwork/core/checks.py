@@ -875,24 +875,43 @@ class CheckPlan:
 
     # -- evaluation ---------------------------------------------------------------------------
     def aggregations(self, *, sample_size: int = 5, row_index: str | None = None) -> list[pl.Expr]:
-        """One-row summary expressions over a frame holding the mask columns.
+        """One-row summary over a frame holding the mask columns: counts, then samples.
 
         ``row_index`` names a column with the 0-based row number (else one is generated).
         """
+        return self.count_aggregations() + self.sample_aggregations(
+            sample_size=sample_size, row_index=row_index
+        )
+
+    def count_aggregations(self) -> list[pl.Expr]:
+        """Rows, unexpected and missing counts (needs every row)."""
         import polars as pl
 
         aggs: list[pl.Expr] = [pl.len().alias("__dw_rows")]
+        for p in self.row_checks:
+            aggs.append(pl.col(p.mask_column).sum().alias(f"__dw_bad_{p.index}"))
+            if p.missing is not None:
+                aggs.append(p.missing.alias(f"__dw_missing_{p.index}"))
+        return aggs
+
+    def sample_aggregations(self, *, sample_size: int = 5, row_index: str | None = None) -> list[pl.Expr]:
+        """The first failing values and row numbers per check.
+
+        They only look at failing rows, so they may run on just the rows that failed any check
+        (the quarantine) as long as ``row_index`` holds the original row numbers.
+        """
+        import polars as pl
+
+        if sample_size <= 0:
+            return []
+        aggs: list[pl.Expr] = []
         idx = pl.col(row_index) if row_index else pl.int_range(pl.len(), dtype=pl.Int64)
         for p in self.row_checks:
             m = pl.col(p.mask_column)
-            aggs.append(m.sum().alias(f"__dw_bad_{p.index}"))
-            if p.missing is not None:
-                aggs.append(p.missing.alias(f"__dw_missing_{p.index}"))
-            if sample_size > 0:
-                aggs.append(idx.filter(m).head(sample_size).implode().alias(f"__dw_idx_{p.index}"))
-                if p.sample is not None and not isinstance(p.check, NotNull):
-                    values = p.sample.filter(m).head(sample_size).implode()
-                    aggs.append(values.alias(f"__dw_sample_{p.index}"))
+            aggs.append(idx.filter(m).head(sample_size).implode().alias(f"__dw_idx_{p.index}"))
+            if p.sample is not None and not isinstance(p.check, NotNull):
+                values = p.sample.filter(m).head(sample_size).implode()
+                aggs.append(values.alias(f"__dw_sample_{p.index}"))
         return aggs
 
     def report(self, row: Mapping[str, Any]) -> CheckReport:

@@ -133,6 +133,7 @@ def stage_fingerprint(
     inputs: Mapping[str, str],
     source: str,
     code: str,
+    expect: Any = None,
 ) -> Fingerprint:
     """Combine the parts that decide a stage's outputs into one digest."""
     components = {
@@ -143,6 +144,8 @@ def stage_fingerprint(
         "source": source,
         "code": code,
     }
+    if expect:
+        components["expect"] = canonical(expect)
     digest = sha256_text(json.dumps(components, sort_keys=True, separators=(",", ":")))
     return Fingerprint(digest=digest, components=components)
 
@@ -170,6 +173,8 @@ def diff_components(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         reasons.append("source data changed")
     if old.get("code") != new.get("code"):
         reasons.append("code changed")
+    if old.get("expect") != new.get("expect"):
+        reasons.append("expect rules changed")
     return reasons
 
 

@@ -154,17 +154,8 @@ class Runner:
             inputs={name: info.sha256 for name, info in inputs.items()},
             source=source or "",
             code=code,
+            expect=node.expect,
         )
-        extra = {"expect": node.expect} if node.expect else None
-        if extra:
-            fp = stage_fingerprint(
-                kind=node.kind,
-                kind_version=node.kind_cls.version,
-                params={"params": node.params, **extra},
-                inputs={name: info.sha256 for name, info in inputs.items()},
-                source=source or "",
-                code=code,
-            )
         return fp, source is not None
 
     def why_stale(self, node: StageNode, fp: Fingerprint) -> str:

@@ -154,16 +154,21 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------------
     def put_table(self, value: pl.DataFrame | pl.LazyFrame) -> ArtifactInfo:
+        """Write a table as Parquet (zstd). The same rows always give the same bytes.
+
+        Parquet pages follow the in-memory chunk layout, which depends on thread timing (a
+        streaming sink after a sort, a parallel join), so the frame is collected and rechunked
+        before writing: identical data -> identical sha256 -> downstream stages stay cached.
+        """
         import polars as pl
 
         tmp = self.new_tmp_path(".parquet")
         try:
-            if isinstance(value, pl.LazyFrame):
-                value.sink_parquet(tmp, compression="zstd", statistics=True)
-            else:
-                value.write_parquet(tmp, compression="zstd", statistics=True)
-            schema = {k: str(v) for k, v in pl.read_parquet_schema(tmp).items()}
-            rows = _parquet_rows(tmp)
+            df = value.collect() if isinstance(value, pl.LazyFrame) else value
+            df = df.rechunk()
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            schema = {k: str(v) for k, v in df.schema.items()}
+            rows = df.height
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -247,7 +247,8 @@ def _load_file(
     path = str(params.path)
     remote = sinks.is_remote(path)
     if remote:
-        local = ctx.tmp_dir / ("upload" if params.partition_by else f"upload{Path(path).suffix}")
+        name = PurePosixPath(path.rstrip("/")).name or "upload"
+        local = ctx.tmp_dir / "upload" / name  # written here, then copied to the URL
     else:
         local = ctx.resolve_path(path, what="load path")
     lf = source.lazy()

@@ -359,6 +359,11 @@ class JoinOp(_Op):
         right = spec.on or spec.right_on or []
         env.require(left, schema)
         env.require(right, other_schema, what=f"input '{spec.with_}'")
+        many_left, _, many_right = spec.validate_keys.partition(":")
+        if many_right == "1":
+            _check_unique(other, right, f"input '{spec.with_}'", spec.validate_keys, env)
+        if many_left == "1":
+            _check_unique(lf, left, "left side", spec.validate_keys, env)
         how: Literal["left", "inner", "full", "semi", "anti"] = (
             "full" if spec.how == "outer" else spec.how
         )
@@ -384,6 +389,21 @@ class JoinOp(_Op):
             validate=spec.validate_keys,
             maintain_order=order,
         )
+
+
+def _check_unique(
+    lf: pl.LazyFrame, keys: Sequence[str], side: str, validate: str, env: _Env
+) -> None:
+    """``validate: m:1`` and friends, checked before the plan runs (one pass over the keys)."""
+    dup = lf.group_by(keys).agg(pl.len()).filter(pl.col("len") > 1).head(1).collect()
+    if dup.height:
+        row = dup.row(0, named=True)
+        example = ", ".join(f"{k}={row[k]!r}" for k in keys)
+        msg = (
+            f"validate '{validate}' failed: the join keys ({', '.join(keys)}) of the {side} are "
+            f"not unique: {row['len']} rows have {example}"
+        )
+        raise env.error(msg, hint="Dedupe that side first, or relax 'validate'.")
 
 
 class GroupBySpec(StageParams):

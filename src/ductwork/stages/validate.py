@@ -145,19 +145,31 @@ def _report_only(plan: CheckPlan, lf: pl.LazyFrame, sample_size: int) -> CheckRe
 def _split(
     plan: CheckPlan, lf: pl.LazyFrame, sample_size: int
 ) -> tuple[CheckReport, pl.DataFrame, pl.DataFrame]:
-    """One pass: masks computed once, report + passed + quarantine collected together."""
+    """One pass: masks computed once; counts, passed and failing rows collected together.
+
+    The samples for the report come from the failing rows afterwards (they are few), so the
+    pass over all rows only sums the masks.
+    """
     columns = lf.collect_schema().names()
     base = lf.with_row_index(_INDEX).with_columns(**plan.mask_columns)
     bad = plan.any_failed()
-    report_q = base.select(plan.aggregations(sample_size=sample_size, row_index=_INDEX))
-    passed_q = base.filter(bad.not_()).select(columns)
-    quarantine_q = base.filter(bad).select(
+    counts, passed, failing = pl.collect_all(
+        [
+            base.select(plan.count_aggregations()),
+            base.filter(bad.not_()).select(columns),
+            base.filter(bad),
+        ]
+    )
+    row = counts.row(0, named=True)
+    if sample_size > 0:
+        samples = failing.select(plan.sample_aggregations(sample_size=sample_size, row_index=_INDEX))
+        row.update(samples.row(0, named=True))
+    quarantine = failing.select(
         *columns,
         plan.failed_checks().alias(FAILED),
         pl.col(_INDEX).cast(pl.Int64).alias(ROW),
     )
-    row, passed, quarantine = pl.collect_all([report_q, passed_q, quarantine_q])
-    return plan.report(row.row(0, named=True)), passed, quarantine
+    return plan.report(row), passed, quarantine
 
 
 def _empty_quarantine(schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
