@@ -35,17 +35,18 @@ def read_csv(path: Path | bytes) -> pl.DataFrame:
     return pl.read_csv(path, null_values="NA", infer_schema_length=None)
 
 
-def prepare(force: bool = False) -> Path:
+def prepare(force: bool = False, data: Path = DATA) -> Path:
+    """Write the demo's input files into ``data`` (default: examples/flights/data)."""
     src = package_dir()
-    DATA.mkdir(exist_ok=True)
-    flights_dir = DATA / "flights"
+    data.mkdir(parents=True, exist_ok=True)
+    flights_dir = data / "flights"
     if force or not any(flights_dir.glob("*.parquet")):
         with zipfile.ZipFile(src / "flights.csv.zip") as z:
             flights = read_csv(z.read("flights.csv"))
         flights_dir.mkdir(exist_ok=True)
         for (month,), part in flights.partition_by("month", as_dict=True, maintain_order=True).items():
             part.write_parquet(flights_dir / f"flights_2013_{int(month):02d}.parquet", compression="zstd")
-    db = DATA / "weather.db"
+    db = data / "weather.db"
     if force or not db.exists():
         weather = read_csv(src / "weather.csv")
         tmp = db.with_suffix(".db.tmp")
@@ -63,14 +64,16 @@ def prepare(force: bool = False) -> Path:
         con.close()
         tmp.replace(db)
     for name in ("planes", "airports"):
-        target = DATA / f"{name}.csv"
+        target = data / f"{name}.csv"
         if force or not target.exists():
             target.write_bytes((src / f"{name}.csv").read_bytes())
-    return DATA
+    return data
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="rewrite the files even if present")
-    out = prepare(ap.parse_args().force)
+    ap.add_argument("--data-dir", type=Path, default=DATA, help="where to write (default: %(default)s)")
+    args = ap.parse_args()
+    out = prepare(args.force, args.data_dir)
     print(f"demo data ready in {out}")
