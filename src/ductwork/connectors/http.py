@@ -173,7 +173,7 @@ def _get(client: Any, url: str, params: Mapping[str, Any], req: HttpRequest, wal
         walk.requests += 1
         wait: float | None = None
         try:
-            resp = client.get(url, params=dict(params))
+            resp = client.get(url, params=dict(params) or None)
         except httpx.TimeoutException:
             reason = f"timed out after {req.timeout:g} s"
         except httpx.TransportError as exc:
@@ -245,8 +245,10 @@ def fetch_records(req: HttpRequest, ctx: StageContext) -> pl.DataFrame:
     walk = _Walk()
     headers = {"Accept": "application/json", **req.headers, **_auth_headers(req, walk)}
     pag = req.pagination
-    url = req.url
-    params: dict[str, Any] = dict(req.params)
+    # httpx replaces a URL's query when given params, so the URL's own query becomes params
+    parts = urlsplit(req.url)
+    url = urlunsplit(parts._replace(query=""))
+    params: dict[str, Any] = {**dict(parse_qsl(parts.query, keep_blank_values=True)), **req.params}
     if isinstance(pag, PagePagination):
         params[pag.param] = pag.start
         if pag.size_param and pag.size:

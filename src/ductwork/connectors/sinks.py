@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import polars as pl
 
@@ -63,32 +63,40 @@ def url_dialect(url: str) -> Dialect | None:
     return _SCHEMES.get(scheme)
 
 
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """``k=v`` pairs of a query string, as written (still percent-encoded)."""
+    return [(k, v) for k, _, v in (p.partition("=") for p in query.split("&") if p)]
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Password-like substrings of a URL (as written and decoded), to scrub from messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    found = [userinfo.partition(":")[2]] if at else []
+    found += [v for k, v in _query_pairs(parts.query) if _SECRET_QUERY_KEY.search(k)]
+    found += [unquote(v) for v in found]
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
 def redact_url(url: str) -> str:
     """The URL with its password (and password-like query values) replaced by ``***``."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable url>"
-    if not _url_secrets(url) and not (parts.password or ":" in parts.netloc.rpartition("@")[0]):
+    if not _url_secrets(url):
         return url
     netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if has_password else f"{user}@{hostport}"
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
     query = "&".join(
-        f"{k}={'***' if _SECRET_QUERY_KEY.search(k) else v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        f"{k}={'***' if _SECRET_QUERY_KEY.search(k) else v}" for k, v in _query_pairs(parts.query)
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def _url_secrets(url: str) -> list[str]:
-    """Password-like substrings of a URL, to scrub from driver messages."""
-    parts = urlsplit(url)
-    found = [parts.password] if parts.password else []
-    found += [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY_KEY.search(k) and v]
-    return [s for s in found if s]
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:

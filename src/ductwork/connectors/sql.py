@@ -5,8 +5,8 @@
 * ``postgresql://`` / ``postgres://``: psycopg 3 in a read-only transaction with a server-side
   cursor (``pip install 'ductwork[sql]'``).
 * any other SQLAlchemy URL (``mysql+pymysql://``, ``postgresql+psycopg2://`` ...): SQLAlchemy.
-* ``engine: connectorx`` / ``engine: adbc``: Polars' ``read_database_uri`` when that library is
-  installed (no bound params there).
+* ``engine: connectorx``: Polars' ``read_database_uri`` with ConnectorX, when installed
+  (``pip install 'ductwork[connectorx]'``); faster for large results, but no bound params.
 
 Query params are always bound by the driver, never pasted into the SQL. Placeholders are the
 driver's own: ``:name`` for sqlite and SQLAlchemy URLs, ``%(name)s`` for ``postgresql://``.
@@ -15,6 +15,7 @@ The password (in the URL or from ``password_env``) never appears in errors or me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -35,16 +36,15 @@ if TYPE_CHECKING:
     from ductwork.core.contract import StageContext
 
 Backend = Literal["sqlite", "postgresql", "sqlalchemy"]
-Engine = Literal["auto", "connectorx", "adbc"]
+Engine = Literal["auto", "connectorx"]
 _BATCH = 50_000
-_PG_TYPES = {  # type oid -> Polars dtype name, for empty results (no values to infer from)
+_PG_TYPES = {  # type oid -> Polars dtype: results keep the declared column types
     16: "Boolean",
     20: "Int64",
     21: "Int16",
     23: "Int32",
     700: "Float32",
     701: "Float64",
-    1700: "Float64",
     1082: "Date",
     1083: "Time",
     1114: "Datetime",
@@ -65,7 +65,7 @@ def backend_of(url: str) -> Backend:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "sqlite":
         return "sqlite"
-    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+    if scheme in ("postgresql", "postgres"):
         return "postgresql"
     return "sqlalchemy"
 
@@ -207,7 +207,7 @@ def _read_postgres(req: SqlRequest, ctx: StageContext) -> pl.DataFrame:
         with conn.cursor(name="ductwork_extract") as cur:
             cur.itersize = _BATCH
             cur.execute(req.query, dict(req.params) or None)
-            types = {d.name: _PG_TYPES.get(d.type_code, "String") for d in cur.description or []}
+            types = {d.name: _pg_dtype(d) for d in cur.description or []}
             return _frame(cur.description, _batches(cur), types, req, ctx)
     except psycopg.OperationalError as exc:
         msg = (
@@ -262,30 +262,44 @@ def _read_sqlalchemy(req: SqlRequest, ctx: StageContext) -> pl.DataFrame:
 def _read_uri(req: SqlRequest, ctx: StageContext) -> pl.DataFrame:
     import polars as pl
 
-    module = {"connectorx": "connectorx", "adbc": "adbc_driver_manager"}[req.engine]
-    import_optional(module, extra="sql", feature=f"engine: {req.engine}")
+    import_optional("connectorx", extra="connectorx", feature="engine: connectorx")
     secret = _secret(req)
     uri = req.url
     if req.password_env and secret:
         parts = urlsplit(uri)
-        user = parts.username or ""
-        netloc = f"{quote(user)}:{quote(secret, safe='')}@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        )
+        user = quote(parts.username or "", safe="")
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}:{quote(secret, safe='')}@{parts.hostname}{port}"
         uri = parts._replace(netloc=netloc).geturl()
     try:
-        if req.engine == "adbc":
-            return pl.read_database_uri(req.query, uri, engine="adbc")
         return pl.read_database_uri(req.query, uri, engine="connectorx")
-    except Exception as exc:  # each engine raises its own types
-        msg = f"stage '{ctx.stage}': the query failed on {_where(req.url)}: {_first_line(exc, secret)}"
+    except Exception as exc:  # connectorx raises its own (Rust) error types
+        where = _where(req.url)
+        msg = f"stage '{ctx.stage}': the query failed on {where}: {_first_line(exc, secret)}"
         raise SourceError(msg) from None
+
+
+def _pg_dtype(column: Any) -> pl.DataType | None:
+    """The Polars dtype of a PostgreSQL result column (None: infer it from the values)."""
+    import polars as pl
+
+    name = _PG_TYPES.get(column.type_code)
+    if name == "DatetimeUTC":
+        return pl.Datetime("us", "UTC")
+    if name == "Datetime":
+        return pl.Datetime("us")
+    if name is not None:
+        dtype: pl.DataType = getattr(pl, name)()
+        return dtype
+    if column.type_code == 1700 and column.scale is not None:  # numeric(p, s)
+        return pl.Decimal(column.precision or 38, column.scale)
+    return None
 
 
 def _frame(
     description: Sequence[Sequence[Any]] | None,
     batches: Iterator[Sequence[Any]],
-    types: Mapping[str, str],
+    types: Mapping[str, pl.DataType | None],
     req: SqlRequest,
     ctx: StageContext,
 ) -> pl.DataFrame:
@@ -302,26 +316,17 @@ def _frame(
     frames = []
     rows = 0
     for batch in batches:
-        frames.append(_batch_frame(batch, names))
+        frames.append(_batch_frame(batch, names, types))
         rows += len(batch)
         ctx.progress(rows, None, "rows")
     if not frames:
-        return pl.DataFrame(schema={n: _empty_dtype(types.get(n, "String")) for n in names})
+        return pl.DataFrame(schema={n: types.get(n) or pl.String() for n in names})
     return pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
 
 
-def _empty_dtype(name: str) -> pl.DataType:
-    import polars as pl
-
-    if name == "DatetimeUTC":
-        return pl.Datetime("us", "UTC")
-    if name == "Datetime":
-        return pl.Datetime("us")
-    dtype: pl.DataType = getattr(pl, name)()
-    return dtype
-
-
-def _batch_frame(batch: Sequence[Any], names: list[str]) -> pl.DataFrame:
+def _batch_frame(
+    batch: Sequence[Any], names: list[str], types: Mapping[str, pl.DataType | None]
+) -> pl.DataFrame:
     import polars as pl
 
     columns = list(zip(*batch, strict=True)) if batch else [() for _ in names]
@@ -334,5 +339,9 @@ def _batch_frame(batch: Sequence[Any], names: list[str]) -> pl.DataFrame:
             s = pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.String)
         if s.dtype == pl.Object:
             s = pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.String)
+        wanted = types.get(name)
+        if wanted is not None and s.dtype != wanted:
+            with contextlib.suppress(pl.exceptions.PolarsError):
+                s = s.cast(wanted)
         series.append(s)
     return pl.DataFrame(series)

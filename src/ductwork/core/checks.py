@@ -894,7 +894,9 @@ class CheckPlan:
                 aggs.append(p.missing.alias(f"__dw_missing_{p.index}"))
         return aggs
 
-    def sample_aggregations(self, *, sample_size: int = 5, row_index: str | None = None) -> list[pl.Expr]:
+    def sample_aggregations(
+        self, *, sample_size: int = 5, row_index: str | None = None
+    ) -> list[pl.Expr]:
         """The first failing values and row numbers per check.
 
         They only look at failing rows, so they may run on just the rows that failed any check

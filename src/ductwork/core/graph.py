@@ -139,7 +139,20 @@ class Pipeline:
         return order
 
     def dependencies(self) -> dict[str, set[str]]:
+        """Stage name -> names of the stages it reads (a fresh copy)."""
         return {n.name: {r.stage for r in n.inputs.values()} for n in self.stages.values()}
+
+    def upstream_of(self, names: Iterable[str]) -> set[str]:
+        """Everything the given stages depend on, directly or not (one traversal)."""
+        deps = self.dependencies()
+        seen: set[str] = set()
+        todo = [d for n in names for d in deps[n]]
+        while todo:
+            s = todo.pop()
+            if s not in seen:
+                seen.add(s)
+                todo.extend(deps[s])
+        return seen
 
     @property
     def order(self) -> list[str]:
@@ -147,15 +160,7 @@ class Pipeline:
         return list(self._order)
 
     def upstream(self, name: str) -> set[str]:
-        deps = self.dependencies()
-        seen: set[str] = set()
-        todo = list(deps[name])
-        while todo:
-            s = todo.pop()
-            if s not in seen:
-                seen.add(s)
-                todo.extend(deps[s])
-        return seen
+        return self.upstream_of([name])
 
     def downstream(self, name: str) -> set[str]:
         children: dict[str, set[str]] = {n: set() for n in self.stages}
@@ -195,10 +200,7 @@ class Pipeline:
                 start |= {f} | self.downstream(f)
             selected &= start
         if to:
-            end: set[str] = set()
-            for t in to:
-                end |= {t} | self.upstream(t)
-            selected &= end
+            selected &= set(to) | self.upstream_of(to)
         if only:
             selected &= set(only)
         return selected

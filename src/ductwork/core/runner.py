@@ -180,6 +180,7 @@ class Runner:
         if not selected:
             msg = "the selection matches no stage"
             raise UsageError(msg, hint="Check --only/--from/--to against `ductwork plan`.")
+        needed = self._needed(selected)
         run_id = new_run_id()
         started = time.time()
         self._outcomes = {}
@@ -209,7 +210,7 @@ class Runner:
             RunStarted(
                 run_id=run_id,
                 pipeline=p.name,
-                stages=[s for s in p.order if s in self._needed(selected)],
+                stages=[s for s in p.order if s in needed],
                 selected=[s for s in p.order if s in selected],
                 executor=f"{exec_kind}/{executor.name if executor else 'none'}",
                 workers=executor.workers if executor else 0,
@@ -267,10 +268,7 @@ class Runner:
 
     def _needed(self, selected: set[str]) -> set[str]:
         """The selected stages and everything upstream of them (whose artifacts they read)."""
-        needed = set(selected)
-        for name in selected:
-            needed |= self.pipeline.upstream(name)
-        return needed
+        return set(selected) | self.pipeline.upstream_of(selected)
 
     def _inputs_of(
         self, node: StageNode, outcomes: dict[str, StageOutcome]

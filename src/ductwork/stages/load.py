@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ductwork.connectors import sinks
 from ductwork.core.contract import (
@@ -47,6 +47,9 @@ _EXTENSIONS: dict[str, Target] = {
 
 class LoadParams(StageParams):
     """Params of ``kind: load``."""
+
+    # The url holds a password: keep raw input values out of validation error messages.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     to: Target | None = Field(
         default=None, description="Target kind; inferred from path's extension or url's scheme."

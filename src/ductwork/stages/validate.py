@@ -78,7 +78,8 @@ class Validate(StageKind[ValidateParams]):
         try:
             plan = plan_checks(params.checks, schema)
         except DataError as exc:
-            raise DataError(f"stage '{ctx.stage}': {exc.message}", hint=exc.hint) from None
+            msg = f"stage '{ctx.stage}': {exc.message}"
+            raise DataError(msg, hint=exc.hint) from None
 
         passed: pl.LazyFrame | pl.DataFrame
         if params.on_fail == "quarantine" and plan.row_checks:
@@ -121,11 +122,11 @@ class Validate(StageKind[ValidateParams]):
         rows_in = inputs.only().rows
         passed, quarantined = outputs["passed"].rows, outputs["quarantine"].rows
         problems: list[str] = []
-        if rows_in is not None and passed is not None and quarantined is not None:
-            if rows_in != passed + quarantined:
-                problems.append(
-                    f"rows in ({rows_in}) != passed ({passed}) + quarantined ({quarantined})"
-                )
+        known = rows_in is not None and passed is not None and quarantined is not None
+        if known and rows_in != (passed or 0) + (quarantined or 0):
+            problems.append(
+                f"rows in ({rows_in}) != passed ({passed}) + quarantined ({quarantined})"
+            )
         report_path = outputs["report"].path
         if report_path:
             report = json.loads(Path(report_path).read_bytes())
@@ -162,7 +163,9 @@ def _split(
     )
     row = counts.row(0, named=True)
     if sample_size > 0:
-        samples = failing.select(plan.sample_aggregations(sample_size=sample_size, row_index=_INDEX))
+        samples = failing.select(
+            plan.sample_aggregations(sample_size=sample_size, row_index=_INDEX)
+        )
         row.update(samples.row(0, named=True))
     quarantine = failing.select(
         *columns,
