@@ -37,7 +37,11 @@ def write_section(name: str, body: str) -> None:
     start, end = f"<!-- section: {name} -->", f"<!-- /section: {name} -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     RESULTS.write_text(text)
 
 

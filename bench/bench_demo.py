@@ -48,7 +48,9 @@ def main() -> None:
         data = prepare(data=tmp / "data")
         for i in range(args.repeat):
             out = tmp / f"plain-out-{i}"
-            dt, text = timed([sys.executable, str(HERE / "plain_flights.py"), str(data), str(out)], tmp)
+            dt, text = timed(
+                [sys.executable, str(HERE / "plain_flights.py"), str(data), str(out)], tmp
+            )
             plain.append(dt)
             proj = tmp / f"dw-{i}"
             proj.mkdir()
@@ -59,13 +61,23 @@ def main() -> None:
             dt, out_json = timed([DUCTWORK, "run", "--json"], proj)
             rerun.append(dt)
             summary = json.loads(out_json.splitlines()[-1])
-            assert set(s["status"] for s in summary["stages"]) == {"cached"}, summary
+            assert {s["status"] for s in summary["stages"]} == {"cached"}, summary
         expected = json.loads(text.replace("'", '"'))
     p, f, r = statistics.median(plain), statistics.median(first), statistics.median(rerun)
     rows = [
         ["plain Polars script (bench/plain_flights.py), whole process", f"{p:.2f} s", "1.00x", ""],
-        ["ductwork run, first run (fresh store), whole process", f"{f:.2f} s", f"{f / p:.2f}x plain", "goal ≤ 1.15x"],
-        ["ductwork run, no-change re-run, whole process", f"{r:.2f} s", f"{r / f:.2f}x first run", "goal < 0.1x"],
+        [
+            "ductwork run, first run (fresh store), whole process",
+            f"{f:.2f} s",
+            f"{f / p:.2f}x plain",
+            "goal ≤ 1.15x",
+        ],
+        [
+            "ductwork run, no-change re-run, whole process",
+            f"{r:.2f} s",
+            f"{r / f:.2f}x first run",
+            "goal < 0.1x",
+        ],
     ]
     body = "## Flights demo vs a plain Polars script (bench/bench_demo.py)\n\n"
     body += f"Re-run: `python bench/bench_demo.py --repeat {args.repeat}` · median of {args.repeat} · {machine()}\n\n"

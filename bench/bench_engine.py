@@ -42,9 +42,16 @@ PEERS = {  # notes/engine-anchors.md, medians on this machine kind
 
 
 def w1_yaml(n: int) -> str:
-    lines = ["pipeline: chain100", "executor: {workers: 1}", "stages:", "  - {name: s000, kind: python, uses: workloads:source}"]
+    lines = [
+        "pipeline: chain100",
+        "executor: {workers: 1}",
+        "stages:",
+        "  - {name: s000, kind: python, uses: workloads:source}",
+    ]
     for i in range(1, n + 1):
-        lines.append(f"  - {{name: s{i:03d}, kind: python, uses: workloads:add_one, inputs: {{df: s{i - 1:03d}}}}}")
+        lines.append(
+            f"  - {{name: s{i:03d}, kind: python, uses: workloads:add_one, inputs: {{df: s{i - 1:03d}}}}}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -55,7 +62,9 @@ def w2_yaml(workers: int, pool: str) -> str:
             f"  - {{name: b{i}, kind: python, uses: workloads:burn, inputs: [], params: {{args: {{seed: {i}}}, outputs: {{main: json}}}}}}"
         )
     ins = ", ".join(f"b{i}" for i in range(wl.N_BRANCHES))
-    lines.append(f"  - {{name: total, kind: python, uses: workloads:join, inputs: [{ins}], params: {{outputs: {{main: json}}}}}}")
+    lines.append(
+        f"  - {{name: total, kind: python, uses: workloads:join, inputs: [{ins}], params: {{outputs: {{main: json}}}}}}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +78,12 @@ def project(tmp: Path, name: str, yaml: str) -> Path:
 
 def run_cli(d: Path, *args: str) -> tuple[float, dict]:
     t = time.perf_counter()
-    p = subprocess.run([DUCTWORK, "run", str(d / "pipeline.yaml"), "--json", *args], capture_output=True, text=True, env={**os.environ, "BURN_N": str(wl.BURN_N)})
+    p = subprocess.run(
+        [DUCTWORK, "run", str(d / "pipeline.yaml"), "--json", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BURN_N": str(wl.BURN_N)},
+    )
     wall = time.perf_counter() - t
     last = json.loads(p.stdout.strip().splitlines()[-1])
     if p.returncode != 0:
@@ -111,7 +125,21 @@ def ductwork_chain_inprocess(tmp: Path, n: int, label: str) -> tuple[float, floa
 def help_times(runs: int) -> float:
     if shutil.which("hyperfine"):
         out = Path(tempfile.mktemp(suffix=".json"))
-        subprocess.run(["hyperfine", "-N", "--warmup", "3", "--runs", str(runs), "--export-json", str(out), f"{DUCTWORK} --help"], capture_output=True, check=True)
+        subprocess.run(
+            [
+                "hyperfine",
+                "-N",
+                "--warmup",
+                "3",
+                "--runs",
+                str(runs),
+                "--export-json",
+                str(out),
+                f"{DUCTWORK} --help",
+            ],
+            capture_output=True,
+            check=True,
+        )
         return float(json.loads(out.read_text())["results"][0]["median"])
     samples = []
     for _ in range(runs):
@@ -131,7 +159,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         # W1: in-process run time, median of --repeat fresh stores
-        plain = [plain_parquet_chain(tmp / f"p{i}", n) if (tmp / f"p{i}").mkdir() is None else 0 for i in range(args.repeat)]
+        plain = [
+            plain_parquet_chain(tmp / f"p{i}", n) if (tmp / f"p{i}").mkdir() is None else 0
+            for i in range(args.repeat)
+        ]
         dw_runs = [ductwork_chain_inprocess(tmp, n, f"w1_{i}") for i in range(args.repeat)]
         plain_s = statistics.median(plain)
         first_s = statistics.median(r[0] for r in dw_runs)
@@ -143,11 +174,41 @@ def main() -> None:
         cli_rerun = statistics.median(cli_reruns)
         per_plain = plain_s / n * 1000
         per_dw = first_s / n * 1000
-        rows.append(["W1 chain100: per-stage time, plain loop with Parquet between stages", f"{per_plain:.2f} ms", "1.00x", ""])
-        rows.append(["W1 chain100: per-stage time, ductwork first run (in-process run)", f"{per_dw:.2f} ms", f"{per_dw / per_plain:.2f}x plain", "goal ≤ 2x plain; Kedro 16.9 ms, Prefect 14.9 ms, Dagster 127 ms, DVC 816 ms"])
-        rows.append(["W1 chain100: no-change re-run, in-process", f"{rerun_s:.3f} s", f"{rerun_s / first_s:.2f}x first run", ""])
-        rows.append(["W1 chain100: first run, whole `ductwork run` process", f"{cli_first:.2f} s", "", ""])
-        rows.append(["W1 chain100: no-change re-run, whole `ductwork run` process", f"{cli_rerun:.2f} s", f"{cli_rerun / PEERS['dvc_rerun_s']:.2f}x DVC (4.03 s)", "goal ≤ 0.25x DVC"])
+        rows.append(
+            [
+                "W1 chain100: per-stage time, plain loop with Parquet between stages",
+                f"{per_plain:.2f} ms",
+                "1.00x",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "W1 chain100: per-stage time, ductwork first run (in-process run)",
+                f"{per_dw:.2f} ms",
+                f"{per_dw / per_plain:.2f}x plain",
+                "goal ≤ 2x plain; Kedro 16.9 ms, Prefect 14.9 ms, Dagster 127 ms, DVC 816 ms",
+            ]
+        )
+        rows.append(
+            [
+                "W1 chain100: no-change re-run, in-process",
+                f"{rerun_s:.3f} s",
+                f"{rerun_s / first_s:.2f}x first run",
+                "",
+            ]
+        )
+        rows.append(
+            ["W1 chain100: first run, whole `ductwork run` process", f"{cli_first:.2f} s", "", ""]
+        )
+        rows.append(
+            [
+                "W1 chain100: no-change re-run, whole `ductwork run` process",
+                f"{cli_rerun:.2f} s",
+                f"{cli_rerun / PEERS['dvc_rerun_s']:.2f}x DVC (4.03 s)",
+                "goal ≤ 0.25x DVC",
+            ]
+        )
         # W2: fan-out of 8 CPU-bound stages
         seq = project(tmp, "w2_seq", w2_yaml(1, "thread"))
         par = project(tmp, "w2_par", w2_yaml(2, "process"))
@@ -164,12 +225,35 @@ def main() -> None:
         seq_s, seq_sum = run_cli(seq, "--force")
         par_s, par_sum = run_cli(par, "--force")
         assert seq_sum["status"] == par_sum["status"] == "ok"
-        rows.append([f"W2 fanout8 (BURN_N={wl.BURN_N}): plain for loop", f"{plain_loop:.2f} s", "1.00x", ""])
-        rows.append(["W2 fanout8: plain ProcessPoolExecutor(2)", f"{plain_pool:.2f} s", f"{plain_loop / plain_pool:.2f}x speedup", ""])
+        rows.append(
+            [f"W2 fanout8 (BURN_N={wl.BURN_N}): plain for loop", f"{plain_loop:.2f} s", "1.00x", ""]
+        )
+        rows.append(
+            [
+                "W2 fanout8: plain ProcessPoolExecutor(2)",
+                f"{plain_pool:.2f} s",
+                f"{plain_loop / plain_pool:.2f}x speedup",
+                "",
+            ]
+        )
         rows.append(["W2 fanout8: ductwork workers=1 (process)", f"{seq_s:.2f} s", "", ""])
-        rows.append(["W2 fanout8: ductwork workers=2, pool=process (process)", f"{par_s:.2f} s", f"{seq_s / par_s:.2f}x speedup vs workers=1", "goal ≥ 1.8x; plain pool 2.07x, Kedro ParallelRunner 1.47x"])
+        rows.append(
+            [
+                "W2 fanout8: ductwork workers=2, pool=process (process)",
+                f"{par_s:.2f} s",
+                f"{seq_s / par_s:.2f}x speedup vs workers=1",
+                "goal ≥ 1.8x; plain pool 2.07x, Kedro ParallelRunner 1.47x",
+            ]
+        )
     help_s = help_times(20)
-    rows.append(["`ductwork --help` cold start (median)", f"{help_s * 1000:.0f} ms", "", "goal < 300 ms; DVC 290, Kedro 550, Dagster 1390, Prefect 2440 ms"])
+    rows.append(
+        [
+            "`ductwork --help` cold start (median)",
+            f"{help_s * 1000:.0f} ms",
+            "",
+            "goal < 300 ms; DVC 290, Kedro 550, Dagster 1390, Prefect 2440 ms",
+        ]
+    )
     body = "## Engine overhead (bench/bench_engine.py)\n\n"
     body += f"Re-run: `python bench/bench_engine.py` · {machine()}\n\n"
     body += table(["measure", "value", "ratio", "goal / peers"], rows)

@@ -23,7 +23,11 @@ def validate(lf: pl.LazyFrame, checks: dict[str, pl.Expr]) -> tuple[pl.DataFrame
     bad = pl.any_horizontal(pl.col(f"__fail_{k}") for k in checks)
     flag_cols = [f"__fail_{k}" for k in checks]
     passed = flagged.filter(~bad).drop(flag_cols)
-    quarantine = flagged.filter(bad).with_columns(_failed_checks=pl.concat_list(fails).list.drop_nulls()).drop(flag_cols)
+    quarantine = (
+        flagged.filter(bad)
+        .with_columns(_failed_checks=pl.concat_list(fails).list.drop_nulls())
+        .drop(flag_cols)
+    )
     return passed, quarantine
 
 
@@ -45,18 +49,34 @@ def main(data: Path, out: Path) -> dict[str, int]:
         {
             "one_obs_per_hour": pl.col("obs_key").is_duplicated(),
             "temp:not_null": pl.col("temp").is_null(),
-            "wind_speed:between": ~pl.col("wind_speed").is_between(0, 200) & pl.col("wind_speed").is_not_null(),
+            "wind_speed:between": ~pl.col("wind_speed").is_between(0, 200)
+            & pl.col("wind_speed").is_not_null(),
         },
     )
     joined = (
         flights.join(
-            w_passed.lazy().select("origin", "year", "month", "day", "hour", "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"),
+            w_passed.lazy().select(
+                "origin",
+                "year",
+                "month",
+                "day",
+                "hour",
+                "temp",
+                "dewp",
+                "humid",
+                "wind_speed",
+                "precip",
+                "pressure",
+                "visib",
+            ),
             on=["origin", "year", "month", "day", "hour"],
             how="left",
             maintain_order="left",
         )
         .join(
-            planes.select("tailnum", pl.col("year").alias("plane_year"), "seats", "engines", "manufacturer"),
+            planes.select(
+                "tailnum", pl.col("year").alias("plane_year"), "seats", "engines", "manufacturer"
+            ),
             on="tailnum",
             how="left",
             maintain_order="left",
@@ -74,9 +94,12 @@ def main(data: Path, out: Path) -> dict[str, int]:
         {
             "dep_delay:not_null": pl.col("dep_delay").is_null(),
             "arr_delay:not_null": pl.col("arr_delay").is_null(),
-            "distance:between": ~pl.col("distance").is_between(0, 5000) & pl.col("distance").is_not_null(),
-            "origin:in_set": ~pl.col("origin").is_in(["EWR", "JFK", "LGA"]) & pl.col("origin").is_not_null(),
-            "carrier:regex": ~pl.col("carrier").str.contains("^[A-Z0-9]{2}$") & pl.col("carrier").is_not_null(),
+            "distance:between": ~pl.col("distance").is_between(0, 5000)
+            & pl.col("distance").is_not_null(),
+            "origin:in_set": ~pl.col("origin").is_in(["EWR", "JFK", "LGA"])
+            & pl.col("origin").is_not_null(),
+            "carrier:regex": ~pl.col("carrier").str.contains("^[A-Z0-9]{2}$")
+            & pl.col("carrier").is_not_null(),
         },
     )
     # profile: one pass of aggregates
@@ -94,10 +117,16 @@ def main(data: Path, out: Path) -> dict[str, int]:
     db.execute("drop table if exists flights")
     cols = passed.columns
     db.execute("create table flights (" + ", ".join(f'"{c}"' for c in cols) + ")")
-    db.executemany(f"insert into flights values ({', '.join('?' for _ in cols)})", passed.iter_rows())
+    db.executemany(
+        f"insert into flights values ({', '.join('?' for _ in cols)})", passed.iter_rows()
+    )
     db.commit()
     db.close()
-    return {"passed": passed.height, "quarantined": quarantine.height, "weather_quarantined": w_quar.height}
+    return {
+        "passed": passed.height,
+        "quarantined": quarantine.height,
+        "weather_quarantined": w_quar.height,
+    }
 
 
 if __name__ == "__main__":

@@ -44,8 +44,12 @@ def prepare(force: bool = False, data: Path = DATA) -> Path:
         with zipfile.ZipFile(src / "flights.csv.zip") as z:
             flights = read_csv(z.read("flights.csv"))
         flights_dir.mkdir(exist_ok=True)
-        for (month,), part in flights.partition_by("month", as_dict=True, maintain_order=True).items():
-            part.write_parquet(flights_dir / f"flights_2013_{int(month):02d}.parquet", compression="zstd")
+        for (month,), part in flights.partition_by(
+            "month", as_dict=True, maintain_order=True
+        ).items():
+            part.write_parquet(
+                flights_dir / f"flights_2013_{int(month):02d}.parquet", compression="zstd"
+            )
     db = data / "weather.db"
     if force or not db.exists():
         weather = read_csv(src / "weather.csv")
@@ -71,9 +75,13 @@ def prepare(force: bool = False, data: Path = DATA) -> Path:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--force", action="store_true", help="rewrite the files even if present")
-    ap.add_argument("--data-dir", type=Path, default=DATA, help="where to write (default: %(default)s)")
+    ap.add_argument(
+        "--data-dir", type=Path, default=DATA, help="where to write (default: %(default)s)"
+    )
     args = ap.parse_args()
     out = prepare(args.force, args.data_dir)
     print(f"demo data ready in {out}")

@@ -1,6 +1,6 @@
 """Run the flights demo end to end: prepare the real data offline, then `ductwork run`.
 
-    python examples/flights/run_demo.py [ductwork run options, e.g. --force or --json]
+python examples/flights/run_demo.py [ductwork run options, e.g. --force or --json]
 """
 
 from __future__ import annotations

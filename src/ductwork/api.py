@@ -68,11 +68,24 @@ def load(path: str | os.PathLike[str] = "pipeline.yaml", *, profile: str | None 
     spec_path = Path(path)
     if spec_path.is_dir():
         spec_path = spec_path / "pipeline.yaml"
-    settings = load_settings(spec_path.absolute().parent)
-    project = str(spec_path.absolute().parent)
+    project_dir = spec_path.absolute().parent
+    settings = load_settings(project_dir)
+    _export_dotenv(project_dir / ".env")
+    project = str(project_dir)
     if project not in sys.path:
         sys.path.insert(0, project)  # so `uses: module:function` finds project modules
     return load_pipeline(spec_path, profile=profile or settings.profile)
+
+
+def _export_dotenv(path: Path) -> None:
+    """Make a project's .env visible to ${env:...} and to secret env vars (never overriding)."""
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    for key, value in dotenv_values(path).items():
+        if value is not None:
+            os.environ.setdefault(key, value)
 
 
 @dataclass
@@ -350,7 +363,8 @@ def export(
         if suffix == ".parquet":
             shutil.copyfile(info.path, target)
         elif suffix in (".csv", ".tsv"):
-            lf.sink_csv(target, separator="\t" if suffix == ".tsv" else ",")
+            flat = _flatten_nested(lf)
+            flat.sink_csv(target, separator="\t" if suffix == ".tsv" else ",")
         elif suffix in (".ndjson", ".jsonl"):
             lf.sink_ndjson(target)
         elif suffix == ".json":
@@ -363,6 +377,25 @@ def export(
     else:
         shutil.copyfile(info.path, target)
     return target
+
+
+def _flatten_nested(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """CSV has no nested types: lists of strings become 'a; b', other nested values JSON."""
+    import polars as pl
+
+    exprs = []
+    for name, dtype in lf.collect_schema().items():
+        if isinstance(dtype, pl.List) and dtype.inner == pl.String:
+            exprs.append(pl.col(name).list.join("; "))
+        elif dtype.is_nested():
+            exprs.append(pl.col(name).map_elements(_json_cell, return_dtype=pl.String))
+    return lf.with_columns(exprs) if exprs else lf
+
+
+def _json_cell(value: Any) -> str:
+    import json
+
+    return json.dumps(value.to_list() if hasattr(value, "to_list") else value, default=str)
 
 
 def runs(p: Pipeline | str | os.PathLike[str], limit: int = 20) -> list[dict[str, Any]]:

@@ -25,6 +25,15 @@ from ductwork.core.contract import StageKind
 from ductwork.core.graph import ExecutorConfig, InputRef, Pipeline, StageNode
 from ductwork.errors import DuctworkError, Location, SpecError, SpecIssue, did_you_mean
 
+SECRETISH = re.compile(r"url|password|passwd|secret|token|key|auth|dsn", re.I)
+_CREDENTIALS = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (``scheme://user:***@host``)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -210,8 +219,13 @@ def _pydantic_issues(
             if text.startswith("Value error, "):
                 text = text[len("Value error, ") :]
             msg = f"{what}{field}: {text}" if field else f"{what}{text}"
-            if err["type"] not in ("value_error", "assertion_error") and "input" in err:
-                shown = repr(err["input"])
+            if (
+                err["type"] not in ("value_error", "assertion_error")
+                and "input" in err
+                and not SECRETISH.search(field)
+                and isinstance(err["input"], str | int | float | bool)
+            ):
+                shown = redact(repr(err["input"]))
                 msg += f" (got {shown[:60]})"
         out.append(SpecIssue(where, msg))
     return out
@@ -336,7 +350,7 @@ def build_pipeline(
             validated = cls.Params.model_validate(params)
         except ValidationError as exc:
             issues += _pydantic_issues(
-                exc, (*base, "params"), locate, file, where, list(cls.Params.model_fields)
+                exc, (*base, "params"), locate, file, where, _param_names(cls.Params)
             )
             prev = None
             continue
@@ -415,6 +429,11 @@ def build_pipeline(
         )
     except SpecError as exc:
         raise SpecError(issues + exc.issues, source=file) from None
+
+
+def _param_names(model: type[BaseModel]) -> list[str]:
+    """The names users write: aliases where a field has one (``schema`` for ``schema_``)."""
+    return [f.alias or n for n, f in model.model_fields.items()]
 
 
 def _check_rule(

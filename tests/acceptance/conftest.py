@@ -27,10 +27,17 @@ class Cli:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
         return subprocess.run(
-            [*ductwork_bin(), *args], cwd=self.cwd, capture_output=True, text=True, env=full_env, timeout=timeout
+            [*ductwork_bin(), *args],
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
         )
 
     def json_lines(self, *args: str, **kw: Any) -> tuple[int, list[dict[str, Any]]]:

@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import Cli, ductwork_bin, statuses
 
-STEPS = '''
+STEPS = """
 import time
 import polars as pl
 
@@ -26,7 +26,7 @@ def src(n: int = 200_000):
 def slow_double(src: pl.LazyFrame, delay: float = 0.0) -> pl.LazyFrame:
     time.sleep(delay)
     return src.with_columns(y=pl.col("x") * 2)
-'''
+"""
 
 
 def make_project(root: Path, *, stages: int = 6, delay: float = 0.0, name: str = "small") -> Path:
@@ -40,7 +40,9 @@ def make_project(root: Path, *, stages: int = 6, delay: float = 0.0, name: str =
             f" params: {{args: {{delay: {delay}}}}}}}"
         )
         prev = f"s{i}"
-    lines.append(f"  - {{name: agg, kind: transform, inputs: [{prev}], params: {{sql: 'select g, sum(y) as t from {prev} group by g order by g'}}}}")
+    lines.append(
+        f"  - {{name: agg, kind: transform, inputs: [{prev}], params: {{sql: 'select g, sum(y) as t from {prev} group by g order by g'}}}}"
+    )
     (root / "pipeline.yaml").write_text("\n".join(lines) + "\n")
     return root
 
@@ -118,7 +120,14 @@ def test_two_concurrent_runs_share_the_store(tmp_path: Path) -> None:
     make_project(tmp_path, stages=8, delay=0.05)
     env = {**os.environ, "NO_COLOR": "1"}
     procs = [
-        subprocess.Popen([*ductwork_bin(), "run", "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [*ductwork_bin(), "run", "--json"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -148,7 +157,13 @@ def test_kill_9_at_random_points_leaves_a_completable_store(tmp_path: Path) -> N
         if trial % 5 == 0:
             # sometimes start from a partly filled store, sometimes from scratch
             subprocess.run(["rm", "-rf", str(proj / ".ductwork")], check=True)
-        p = subprocess.Popen([*ductwork_bin(), "run", "--json", "--force"], cwd=proj, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        p = subprocess.Popen(
+            [*ductwork_bin(), "run", "--json", "--force"],
+            cwd=proj,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         time.sleep(rng.uniform(0.05, 1.2))
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)

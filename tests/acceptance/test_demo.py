@@ -92,7 +92,11 @@ def test_failed_stage_then_fixed_resumes_without_recomputing(first_run: tuple[Cl
     cli, _ = first_run
     spec = cli.cwd / "pipeline.yaml"
     good = spec.read_text()
-    spec.write_text(good.replace('route: "origin || \'-\' || dest"', 'route: "origin || \'-\' || no_such_column"'))
+    spec.write_text(
+        good.replace(
+            "route: \"origin || '-' || dest\"", "route: \"origin || '-' || no_such_column\""
+        )
+    )
     failed = cli.summary("run")
     assert failed["exit_code"] in (1, 2)
     st = statuses(failed)

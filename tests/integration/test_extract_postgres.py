@@ -59,8 +59,10 @@ def test_query_with_bound_params_and_types(tmp_path: Path, postgres_dsn: str, ta
     )
     df = out.values["main"]
     assert df["id"].to_list() == [1, 3]
-    assert df.schema["id"] == pl.Int32 and df.schema["dep_delay"] == pl.Int64
-    assert df.schema["day"] == pl.Date and df["at"][0] == datetime(2013, 1, 1, 5, 15, tzinfo=UTC)
+    assert df.schema["id"] == pl.Int32
+    assert df.schema["dep_delay"] == pl.Int64
+    assert df.schema["day"] == pl.Date
+    assert df["at"][0] == datetime(2013, 1, 1, 5, 15, tzinfo=UTC)
     assert df["distance"].to_list() == [Decimal("1089.0"), Decimal("1576.0")]
     assert df["ref"][0] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"  # uuid -> text
     assert df["cancelled"].to_list() == [False, False]
@@ -99,7 +101,8 @@ def test_result_larger_than_one_batch(tmp_path: Path, postgres_dsn: str) -> None
         query_params={"n": 120_000},
     )
     df = out.values["main"]
-    assert df.height == 120_000 and df["n"].sum() == 120_000 * 120_001 // 2
+    assert df.height == 120_000
+    assert df["n"].cast(pl.Int64).sum() == 120_000 * 120_001 // 2
 
 
 def test_empty_result_keeps_typed_columns(tmp_path: Path, postgres_dsn: str, table: str) -> None:
@@ -189,7 +192,8 @@ def test_unreachable_server_names_host_port_and_hides_the_password(
         run(tmp_path, url=url, query="select 1")
     msg = str(info.value)
     assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}" in msg
-    assert "postgresql://app:***@127.0.0.1" in msg and "s3cr3t-pw" not in msg
+    assert "postgresql://app:***@127.0.0.1" in msg
+    assert "s3cr3t-pw" not in msg
     monkeypatch.setenv("DW_TEST_PG_PASSWORD", "an0ther-secret")
     with pytest.raises(SourceError) as info:
         run(

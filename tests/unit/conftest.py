@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-STEPS = '''
+STEPS = """
 import polars as pl
 
 CALLS = []
@@ -22,7 +22,7 @@ def double(src: pl.LazyFrame, factor: int = 2) -> pl.LazyFrame:
 
 def boom(src: pl.LazyFrame, factor: int = 2) -> pl.LazyFrame:
     raise RuntimeError("boom in stage")
-'''
+"""
 
 
 @pytest.fixture

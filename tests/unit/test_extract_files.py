@@ -48,7 +48,8 @@ def test_csv_types_are_inferred_from_the_whole_file(tmp_path: Path) -> None:
     write(tmp_path, "data/w.csv", "visib\n" + "10\n" * 500 + "1.5\n")
     df = table(tmp_path, path="data/w.csv")
     assert df.schema["visib"] == pl.Float64
-    assert df.height == 501 and df["visib"][-1] == 1.5
+    assert df.height == 501
+    assert df["visib"][-1] == 1.5
 
 
 def test_csv_options(tmp_path: Path) -> None:
@@ -81,7 +82,8 @@ def test_parquet(tmp_path: Path) -> None:
     pl.DataFrame({"a": [1, 2], "b": ["x", "y"]}).write_parquet(tmp_path / "d.parquet")
     out = run(tmp_path, path="d.parquet")
     assert out.values["main"].to_dicts() == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
-    assert out.metrics["rows"] == 2 and out.metrics["files"] == 1
+    assert out.metrics["rows"] == 2
+    assert out.metrics["files"] == 1
 
 
 def test_json_records_path_and_nested_objects(tmp_path: Path) -> None:
@@ -203,7 +205,8 @@ def test_invalid_utf8_names_offset_and_line_and_suggests_encodings(tmp_path: Pat
         run(tmp_path, path="d.csv")
     msg = str(info.value)
     assert "d.csv is not valid UTF-8: byte 0xe9 at offset 23 (line 3)" in msg
-    assert "encoding: utf8-lossy" in msg and "latin1" in msg
+    assert "encoding: utf8-lossy" in msg
+    assert "latin1" in msg
 
 
 def test_invalid_utf8_split_across_read_chunks(tmp_path: Path) -> None:
@@ -297,7 +300,8 @@ def test_header_only_file_is_an_empty_table(tmp_path: Path) -> None:
     write(tmp_path, "d.csv", "id,name\n")
     out = run(tmp_path, path="d.csv", schema={"id": "Int64"})
     df = out.values["main"]
-    assert df.height == 0 and df.schema == pl.Schema({"id": pl.Int64, "name": pl.String})
+    assert df.height == 0
+    assert df.schema == pl.Schema({"id": pl.Int64, "name": pl.String})
     assert out.metrics["rows"] == 0
 
 
@@ -315,7 +319,8 @@ def test_truncated_parquet(tmp_path: Path) -> None:
     data = (tmp_path / "d.parquet").read_bytes()
     (tmp_path / "d.parquet").write_bytes(data[: len(data) // 2])
     msg = fails(tmp_path, path="d.parquet")
-    assert "d.parquet is not a readable Parquet file" in msg and "truncated" in msg
+    assert "d.parquet is not a readable Parquet file" in msg
+    assert "truncated" in msg
 
 
 def test_empty_parquet_file(tmp_path: Path) -> None:
@@ -368,7 +373,8 @@ def test_json_records_path_not_found_lists_the_keys(tmp_path: Path) -> None:
 def test_empty_json_list_with_a_schema_gives_typed_columns(tmp_path: Path) -> None:
     write(tmp_path, "d.json", "[]")
     df = table(tmp_path, path="d.json", schema={"id": "Int64", "day": "Date"})
-    assert df.schema == pl.Schema({"id": pl.Int64, "day": pl.Date}) and df.height == 0
+    assert df.schema == pl.Schema({"id": pl.Int64, "day": pl.Date})
+    assert df.height == 0
 
 
 # --- non-finite values ------------------------------------------------------------------------
@@ -396,7 +402,8 @@ def test_source_stamp_follows_file_content(tmp_path: Path) -> None:
     params = ExtractParams.model_validate({"path": "data/*.csv"})
     ctx = StageContext(stage="s", run_id="r", project_dir=tmp_path, work_dir=tmp_path / "w")
     first = Extract().source_stamp(params, ctx)
-    assert first and first == Extract().source_stamp(params, ctx)
+    assert first
+    assert first == Extract().source_stamp(params, ctx)
     write(tmp_path, "data/a.csv", "x\n2\n")
     second = Extract().source_stamp(params, ctx)
     write(tmp_path, "data/b.csv", "x\n3\n")
@@ -404,3 +411,9 @@ def test_source_stamp_follows_file_content(tmp_path: Path) -> None:
     assert len({first, second, third}) == 3
     empty = ExtractParams.model_validate({"path": "nothing/*.csv"})
     assert Extract().source_stamp(empty, ctx) is None  # the run reports the error
+
+
+def test_quoting_can_be_turned_off(tmp_path: Path) -> None:
+    write(tmp_path, "d.csv", 'a,b\n"x,1\n')
+    df = table(tmp_path, path="d.csv", quote_char=None)
+    assert df.to_dicts() == [{"a": '"x', "b": 1}]

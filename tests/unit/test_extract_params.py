@@ -86,14 +86,16 @@ def test_pagination_modes_are_checked() -> None:
     assert "union_tag_invalid" in error(url="https://a/x", pagination={"type": "offset"})
     assert "missing" in error(url="https://a/x", pagination={"type": "cursor", "path": "next"})
     p = parse(url="https://a/x", pagination={"type": "page", "param": "p", "start": 0})
-    assert p.pagination is not None and p.pagination.type == "page"
+    assert p.pagination is not None
+    assert p.pagination.type == "page"
 
 
 def test_url_password_is_kept_out_of_the_params() -> None:
     p = parse(url="postgresql://app:s3cr3t@db.internal:5432/sales", query="select 1")
     assert p.url == "postgresql://app:***@db.internal:5432/sales"
     assert "s3cr3t" not in canonical_json(p)
-    assert "s3cr3t" not in repr(p) and "s3cr3t" not in str(p.model_dump())
+    assert "s3cr3t" not in repr(p)
+    assert "s3cr3t" not in str(p.model_dump())
     assert p.real_url() == "postgresql://app:s3cr3t@db.internal:5432/sales"
 
 

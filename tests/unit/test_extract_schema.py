@@ -172,3 +172,11 @@ def test_output_rows_reconcile_with_the_checked_rows(tmp_path: Path) -> None:
     out = run(tmp_path, path=path)
     assert out.metrics["rows"] == 2 == out.infos["main"].rows
     assert out.violations == []
+
+
+def test_decimal_and_time(tmp_path: Path) -> None:
+    path = csv(tmp_path, "amount,at\n12.50,07:30\n0.125,23:59:59\n")
+    df = run(tmp_path, path=path, schema={"amount": "decimal(10,3)", "at": "Time"}).values["main"]
+    assert df.schema == pl.Schema({"amount": pl.Decimal(10, 3), "at": pl.Time})
+    assert [str(v) for v in df["amount"]] == ["12.500", "0.125"]
+    assert [t.isoformat() for t in df["at"]] == ["07:30:00", "23:59:59"]

@@ -87,7 +87,8 @@ def test_sqlalchemy_url(project: Path) -> None:
 
 def test_empty_result_keeps_the_columns(project: Path) -> None:
     df = run(project, url=URL, query="select origin, hour from weather where 0").values["main"]
-    assert df.columns == ["origin", "hour"] and df.height == 0
+    assert df.columns == ["origin", "hour"]
+    assert df.height == 0
 
 
 def test_mixed_types_in_one_column_become_text(project: Path) -> None:
@@ -129,7 +130,8 @@ def test_source_stamp_is_the_database_digest(project: Path) -> None:
     params = ExtractParams.model_validate({"url": URL, "query": "select * from weather"})
     ctx = StageContext(stage="s", run_id="r", project_dir=project, work_dir=project / "w")
     before = Extract().source_stamp(params, ctx)
-    assert before and before == Extract().source_stamp(params, ctx)
+    assert before
+    assert before == Extract().source_stamp(params, ctx)
     con = sqlite3.connect(project / "data" / "weather.db")
     con.execute("insert into weather values ('EWR', 3, 41.0, '2013-01-03')")
     con.commit()

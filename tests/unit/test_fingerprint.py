@@ -69,10 +69,29 @@ def test_same_components_same_digest() -> None:
 
 
 def test_diff_components_names_what_changed() -> None:
-    old = stage_fingerprint(kind="t", kind_version="1", params={"sql": "a", "k": 1}, inputs={"f": "1"}, source="", code="")
-    new = stage_fingerprint(kind="t", kind_version="1", params={"sql": "b", "k": 1}, inputs={"f": "2", "g": "3"}, source="", code="x")
+    old = stage_fingerprint(
+        kind="t",
+        kind_version="1",
+        params={"sql": "a", "k": 1},
+        inputs={"f": "1"},
+        source="",
+        code="",
+    )
+    new = stage_fingerprint(
+        kind="t",
+        kind_version="1",
+        params={"sql": "b", "k": 1},
+        inputs={"f": "2", "g": "3"},
+        source="",
+        code="x",
+    )
     reasons = diff_components(old.components, new.components)
-    assert reasons == ["param 'sql' changed", "input 'f' changed", "input 'g' added", "code changed"]
+    assert reasons == [
+        "param 'sql' changed",
+        "input 'f' changed",
+        "input 'g' added",
+        "code changed",
+    ]
 
 
 def test_file_digest_follows_content(tmp_path: Path) -> None:
@@ -86,7 +105,9 @@ def test_file_digest_follows_content(tmp_path: Path) -> None:
 def test_source_digest_changes_with_the_function_source() -> None:
     ns1: dict[str, object] = {}
     ns2: dict[str, object] = {}
-    exec("def f():\n    return 1\n", ns1)  # noqa: S102 - no source file: falls back to the qualname
-    exec("def f():\n    return 1\n", ns2)  # noqa: S102
+    exec("def f():\n    return 1\n", ns1)
+    exec("def f():\n    return 1\n", ns2)
     assert source_digest(ns1["f"]) == source_digest(ns2["f"])
-    assert source_digest(test_same_components_same_digest) != source_digest(test_file_digest_follows_content)
+    assert source_digest(test_same_components_same_digest) != source_digest(
+        test_file_digest_follows_content
+    )

@@ -474,10 +474,23 @@ def test_params_validation(params: dict[str, Any], message: str) -> None:
         ),
         ("sqlite:///out/x.db", "sqlite:///out/x.db"),
         ("postgresql://dw:p%40ss@h/db", "postgresql://dw:***@h/db"),
+        ("postgresql://dw:@h/db", "postgresql://dw:@h/db"),
+        (
+            "postgresql://h/db?sslkey=%2Fk.pem&sslpassword=x%20y",
+            "postgresql://h/db?sslkey=***&sslpassword=***",
+        ),
     ],
 )
 def test_redact_url(url: str, redacted: str) -> None:
     assert sinks.redact_url(url) == redacted
+
+
+def test_driver_messages_are_scrubbed_of_encoded_and_decoded_passwords() -> None:
+    secrets = sinks._url_secrets("postgresql://dw:p%40ss@h/db?password=two")
+    assert (
+        sinks._scrub("auth failed for p@ss / p%40ss / two", secrets)
+        == "auth failed for *** / *** / ***"
+    )
 
 
 def test_unreachable_server_is_a_source_error_without_the_password(tmp_path: Path) -> None:

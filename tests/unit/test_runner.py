@@ -48,7 +48,10 @@ def test_first_run_then_all_cached(tmp_path: Path, steps: str) -> None:
     first = dw.run(pipe)
     assert first.exit_code == 0
     assert statuses(first) == {"src": "ok", "doubled": "ok", "summed": "ok"}
-    assert dw.artifact(pipe, "summed").to_dicts() == [{"g": "a", "total": 8}, {"g": "b", "total": 4}]
+    assert dw.artifact(pipe, "summed").to_dicts() == [
+        {"g": "a", "total": 8},
+        {"g": "b", "total": 4},
+    ]
     again = dw.run(pipe)
     assert statuses(again) == {"src": "cached", "doubled": "cached", "summed": "cached"}
     assert again.stages["summed"].outputs == first.stages["summed"].outputs

@@ -52,7 +52,9 @@ def test_unknown_kind_has_location_and_suggestion(tmp_path: Path) -> None:
         """,
     )
     assert len(errs) == 1
-    assert errs[0].startswith(f"{tmp_path / 'pipeline.yaml'}:4:11: stage 'a': unknown stage kind 'transfrom'")
+    assert errs[0].startswith(
+        f"{tmp_path / 'pipeline.yaml'}:4:11: stage 'a': unknown stage kind 'transfrom'"
+    )
     assert "did you mean 'transform'" in errs[0]
 
 

@@ -16,14 +16,13 @@ malformed file fails inside the stage with a message naming the file, line and c
 from __future__ import annotations
 
 import codecs
-import csv
 import glob
 import io
 import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,7 +102,7 @@ class Loaded:
 
 
 @dataclass(frozen=True)
-class _File:
+class SourceFile:
     shown: str  # as users know it: project-relative path or URL
     local: Path  # where it can be read now
 
@@ -178,10 +177,10 @@ def _remote_url(fs: Any, name: str) -> str:
     return f"{protocol}://{name.lstrip('/')}" if protocol != "file" else name
 
 
-def match_files(opts: FileOptions, ctx: StageContext) -> list[_File]:
+def match_files(opts: FileOptions, ctx: StageContext) -> list[SourceFile]:
     """The files to read; remote files are copied into ``ctx.tmp_dir`` first."""
     if not _is_remote(opts.path):
-        return [_File(_shown(p, ctx), p) for p in _local_matches(opts, ctx)]
+        return [SourceFile(_shown(p, ctx), p) for p in _local_matches(opts, ctx)]
     fs, names = _remote_fs(opts.path)
     target = ctx.tmp_dir / f"extract-{ctx.stage}"
     target.mkdir(parents=True, exist_ok=True)
@@ -193,7 +192,7 @@ def match_files(opts: FileOptions, ctx: StageContext) -> list[_File]:
         except OSError as exc:
             msg = f"stage '{ctx.stage}': cannot download {_remote_url(fs, name)}: {exc}"
             raise SourceError(msg) from None
-        out.append(_File(_remote_url(fs, name), local))
+        out.append(SourceFile(_remote_url(fs, name), local))
     return out
 
 
@@ -211,14 +210,14 @@ def files_stamp(opts: FileOptions, ctx: StageContext) -> str | None:
 # --- byte-level checks ------------------------------------------------------------------------
 
 
-def _check_not_empty(f: _File, ctx: StageContext) -> None:
+def _check_not_empty(f: SourceFile, ctx: StageContext) -> None:
     if f.local.stat().st_size == 0:
         msg = f"stage '{ctx.stage}': {f.shown} is empty (0 bytes)"
         raise DataError(msg, hint="A file needs at least a header line (csv) or one record.")
 
 
 def _decode(
-    f: _File, encoding: str, ctx: StageContext, out: io.TextIOBase | None = None
+    f: SourceFile, encoding: str, ctx: StageContext, out: io.TextIOBase | None = None
 ) -> tuple[bool, int]:
     """Decode a file in chunks (writing UTF-8 without a BOM to ``out``).
 
@@ -256,7 +255,7 @@ def _decode(
 
 
 def _decode_error(
-    f: _File,
+    f: SourceFile,
     encoding: str,
     exc: UnicodeDecodeError,
     base: int,
@@ -281,9 +280,9 @@ def _decode_error(
     return DataError(msg, hint=hint)
 
 
-def _prepare_text(
-    files: list[_File], encoding: str, ctx: StageContext, *, strip_bom: bool
-) -> tuple[list[_File], list[tuple[bool, int]]]:
+def prepare_text(
+    files: list[SourceFile], encoding: str, ctx: StageContext, *, strip_bom: bool
+) -> tuple[list[SourceFile], list[tuple[bool, int]]]:
     """Check (utf8) or transcode to UTF-8 (other encodings); return files + blank-line counts."""
     out, counts = [], []
     target = ctx.tmp_dir / f"extract-{ctx.stage}-utf8"
@@ -302,7 +301,7 @@ def _prepare_text(
         local = target / f"{i:05d}-{f.local.name}"
         with local.open("w", encoding="utf-8", newline="") as fh:
             counts.append(_decode(f, encoding, ctx, fh))
-        out.append(_File(f.shown, local))
+        out.append(SourceFile(f.shown, local))
     return out, counts
 
 
@@ -311,110 +310,7 @@ def _has_bom(path: Path) -> bool:
         return fh.read(3) == codecs.BOM_UTF8
 
 
-# --- CSV --------------------------------------------------------------------------------------
-
-
-def _csv_rows(f: _File, opts: FileOptions, encoding: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each record, the header included; for pinpointing only."""
-    codec = "utf-8-sig" if encoding in ("utf8", "utf8-lossy") else "utf-8"
-    errors = "replace"
-    with f.local.open(encoding=codec, errors=errors, newline="") as fh:
-        if opts.quote_char is None:
-            reader = csv.reader(fh, delimiter=opts.separator, quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.reader(fh, delimiter=opts.separator, quotechar=opts.quote_char)
-        for row in reader:
-            yield reader.line_num, row
-
-
-def _pinpoint_csv(
-    f: _File, opts: FileOptions, encoding: str, ctx: StageContext
-) -> DataError | None:
-    rows = _csv_rows(f, opts, encoding)
-    expected: int | None = None
-    blank_at: int | None = None
-    for n, (line, row) in enumerate(rows):
-        if n < opts.skip_rows:
-            continue
-        if expected is None:
-            expected = len(row)
-            continue
-        if not row:
-            blank_at = blank_at or line
-            continue
-        if blank_at is not None and expected > 1:
-            msg = f"stage '{ctx.stage}': {f.shown} line {blank_at} is blank inside the data"
-            hint = "Remove the blank line (blank lines at the end of a file are ignored)."
-            return DataError(msg, hint=hint)
-        if len(row) != expected:
-            more = "more" if len(row) > expected else "fewer"
-            preview = opts.separator.join(row)[:80]
-            msg = (
-                f"stage '{ctx.stage}': {f.shown} line {line} has {len(row)} fields but the "
-                f"header has {expected} ({more} fields than columns): {preview!r}"
-            )
-            hint = "Fix the row (a missing or extra separator, or an unclosed quote?)."
-            return DataError(msg, hint=hint)
-    return None
-
-
-def _csv_structure(
-    f: _File, opts: FileOptions, encoding: str, ctx: StageContext
-) -> tuple[list[str], int]:
-    """Header names and row count of a CSV file (blank lines count as rows), via Arrow's parser.
-
-    Polars pads rows with too few fields with nulls; Arrow's parser reports them, so ragged
-    rows are found here in one fast pass without converting any column.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    ragged: list[str] = []
-
-    def on_invalid(row: Any) -> str:
-        ragged.append(row.text)
-        return "skip"
-
-    read = pacsv.ReadOptions(
-        skip_rows=opts.skip_rows,
-        autogenerate_column_names=not opts.has_header,
-        encoding="utf8",
-        block_size=1 << 22,
-    )
-    parse = pacsv.ParseOptions(
-        delimiter=opts.separator,
-        quote_char=opts.quote_char or False,
-        newlines_in_values=True,
-        ignore_empty_lines=False,  # count blank lines as rows, as Polars does
-        invalid_row_handler=on_invalid,
-    )
-    try:
-        reader = pacsv.open_csv(
-            str(f.local),
-            read_options=read,
-            parse_options=parse,
-            convert_options=pacsv.ConvertOptions(include_columns=[]),
-        )
-        names = list(reader.schema.names)
-        rows = sum(batch.num_rows for batch in reader)
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            msg = f"stage '{ctx.stage}': {f.shown} has no header line"
-            raise DataError(msg) from None
-        found = _pinpoint_csv(f, opts, encoding, ctx)
-        msg = f"stage '{ctx.stage}': cannot parse {f.shown}: {_first_line(exc)}"
-        raise found or DataError(msg) from None
-    if ragged:
-        found = _pinpoint_csv(f, opts, encoding, ctx)
-        msg = (
-            f"stage '{ctx.stage}': {f.shown} has {len(ragged)} row(s) whose number of fields "
-            f"differs from the header ({len(names)}), e.g. {ragged[0][:80]!r}"
-        )
-        raise found or DataError(msg, hint="Fix those rows (missing or extra separators).")
-    return names, rows
-
-
-def _check_names(names: Sequence[str], f: _File, ctx: StageContext) -> None:
+def check_unique_names(names: Sequence[str], f: SourceFile, ctx: StageContext) -> None:
     dups = sorted(n for n, k in Counter(names).items() if k > 1)
     if dups:
         listed = ", ".join(repr(d) for d in dups)
@@ -422,8 +318,10 @@ def _check_names(names: Sequence[str], f: _File, ctx: StageContext) -> None:
         raise DataError(msg, hint="Rename the columns in the file so each name is unique.")
 
 
-def _check_same_columns(
-    first: tuple[_File, Sequence[str]], other: tuple[_File, Sequence[str]], ctx: StageContext
+def check_same_columns(
+    first: tuple[SourceFile, Sequence[str]],
+    other: tuple[SourceFile, Sequence[str]],
+    ctx: StageContext,
 ) -> None:
     (f0, n0), (f1, n1) = first, other
     if list(n0) == list(n1):
@@ -435,73 +333,13 @@ def _check_same_columns(
     raise DataError(msg, hint="Files read together must share one header.")
 
 
-def _csv_scan_args(opts: FileOptions, encoding: str) -> dict[str, Any]:
-    return {
-        "has_header": opts.has_header,
-        "separator": opts.separator,
-        "quote_char": opts.quote_char,
-        "skip_rows": opts.skip_rows,
-        "null_values": list(opts.null_values) if opts.null_values is not None else None,
-        "encoding": "utf8-lossy" if encoding == "utf8-lossy" else "utf8",
-        "raise_if_empty": False,
-    }
-
-
-def _load_csv(files: list[_File], opts: FileOptions, ctx: StageContext) -> Loaded:
-    files, counts = _prepare_text(files, opts.encoding, ctx, strip_bom=False)
-    enc = opts.encoding
-    shapes = []
-    for f, (blank_inside, trailing) in zip(files, counts, strict=True):
-        names, rows = _csv_structure(f, opts, enc, ctx)
-        _check_names(names, f, ctx)
-        if blank_inside:
-            found = _pinpoint_csv(f, opts, enc, ctx)
-            if found is not None:
-                raise found
-        shapes.append((names, rows, trailing))
-        _check_same_columns((files[0], shapes[0][0]), (f, names), ctx)
-    args = _csv_scan_args(opts, enc)
-    # infer types from the files that have rows: a header-only file would make every column text
-    paths = [str(f.local) for f, s in zip(files, shapes, strict=True) if s[1] > s[2]]
-    paths = paths or [str(files[0].local)]
-    try:
-        schema = pl.scan_csv(
-            paths,
-            infer_schema_length=opts.infer_schema_length,
-            infer_schema_files=len(paths),
-            **args,
-        ).collect_schema()
-    except pl.exceptions.PolarsError as exc:
-        raise _per_file_error(files, lambda f: pl.scan_csv(str(f.local), **args), ctx) or (
-            DataError(f"stage '{ctx.stage}': cannot read {opts.path}: {_first_line(exc)}")
-        ) from None
-    dtypes = {n: (pl.String() if n in opts.text_columns else t) for n, t in schema.items()}
-
-    def scan(f: _File, rows: int, trailing: int) -> pl.LazyFrame:
-        lf = pl.scan_csv(str(f.local), schema=dtypes, **args)
-        if trailing:
-            lf = lf.head(rows - trailing)  # Polars reads trailing blank lines as rows of nulls
-        return lf.with_columns(pl.lit(f.shown).alias(FILE_COLUMN))
-
-    parts = [scan(f, rows, trailing) for f, (_, rows, trailing) in zip(files, shapes, strict=True)]
-    frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
-    return Loaded(
-        frame,
-        where=opts.path,
-        files=[f.shown for f in files],
-        diagnose=lambda exc: _per_file_error(
-            files, lambda f: pl.scan_csv(str(f.local), schema=dtypes, **args), ctx
-        ),
-    )
-
-
 # --- Parquet ----------------------------------------------------------------------------------
 
 
-def _load_parquet(files: list[_File], opts: FileOptions, ctx: StageContext) -> Loaded:
+def _load_parquet(files: list[SourceFile], opts: FileOptions, ctx: StageContext) -> Loaded:
     import pyarrow.parquet as pq
 
-    first: tuple[_File, list[str]] | None = None
+    first: tuple[SourceFile, list[str]] | None = None
     for f in files:
         _check_not_empty(f, ctx)
         try:
@@ -510,10 +348,10 @@ def _load_parquet(files: list[_File], opts: FileOptions, ctx: StageContext) -> L
             msg = f"stage '{ctx.stage}': {f.shown} is not a readable Parquet file: {exc}"
             hint = "The file may be truncated (an interrupted copy?) or not Parquet at all."
             raise DataError(msg, hint=hint) from None
-        _check_names(names, f, ctx)
+        check_unique_names(names, f, ctx)
         first = first or (f, names)
         if sorted(names) != sorted(first[1]):
-            _check_same_columns(first, (f, names), ctx)
+            check_same_columns(first, (f, names), ctx)
     parts = [
         pl.scan_parquet(str(f.local)).with_columns(pl.lit(f.shown).alias(FILE_COLUMN))
         for f in files
@@ -523,14 +361,14 @@ def _load_parquet(files: list[_File], opts: FileOptions, ctx: StageContext) -> L
         frame,
         where=opts.path,
         files=[f.shown for f in files],
-        diagnose=lambda exc: _per_file_error(files, lambda f: pl.scan_parquet(str(f.local)), ctx),
+        diagnose=lambda exc: per_file_error(files, lambda f: pl.scan_parquet(str(f.local)), ctx),
     )
 
 
 # --- JSON and NDJSON --------------------------------------------------------------------------
 
 
-def _pinpoint_ndjson(f: _File, ctx: StageContext) -> DataError | None:
+def _pinpoint_ndjson(f: SourceFile, ctx: StageContext) -> DataError | None:
     with f.local.open(encoding="utf-8-sig", errors="replace") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -552,10 +390,10 @@ def _pinpoint_ndjson(f: _File, ctx: StageContext) -> DataError | None:
     return None
 
 
-def _load_ndjson(files: list[_File], opts: FileOptions, ctx: StageContext) -> Loaded:
-    files, _ = _prepare_text(files, opts.encoding, ctx, strip_bom=True)
+def _load_ndjson(files: list[SourceFile], opts: FileOptions, ctx: StageContext) -> Loaded:
+    files, _ = prepare_text(files, opts.encoding, ctx, strip_bom=True)
 
-    def scan(f: _File) -> pl.LazyFrame:
+    def scan(f: SourceFile) -> pl.LazyFrame:
         return pl.scan_ndjson(str(f.local), infer_schema_length=opts.infer_schema_length)
 
     def diagnose(exc: Exception) -> DuctworkError | None:
@@ -563,7 +401,7 @@ def _load_ndjson(files: list[_File], opts: FileOptions, ctx: StageContext) -> Lo
             found = _pinpoint_ndjson(f, ctx)
             if found is not None:
                 return found
-        return _per_file_error(files, scan, ctx)
+        return per_file_error(files, scan, ctx)
 
     try:
         parts = [scan(f).with_columns(pl.lit(f.shown).alias(FILE_COLUMN)) for f in files]
@@ -571,7 +409,7 @@ def _load_ndjson(files: list[_File], opts: FileOptions, ctx: StageContext) -> Lo
         frame.collect_schema()
     except pl.exceptions.PolarsError as exc:
         raise diagnose(exc) or DataError(
-            f"stage '{ctx.stage}': cannot read {opts.path}: {_first_line(exc)}"
+            f"stage '{ctx.stage}': cannot read {opts.path}: {first_line(exc)}"
         ) from None
     return Loaded(frame, where=opts.path, files=[f.shown for f in files], diagnose=diagnose)
 
@@ -615,12 +453,12 @@ def frame_from_records(records: Any, where: str, records_path: str | None) -> pl
     try:
         return pl.json_normalize(records, separator=".", infer_schema_length=None)
     except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
-        msg = f"{where}: cannot build a table from the records: {_first_line(exc)}"
+        msg = f"{where}: cannot build a table from the records: {first_line(exc)}"
         raise DataError(msg, hint="Declare `schema:` for the mixed-type fields.") from None
 
 
-def _load_json(files: list[_File], opts: FileOptions, ctx: StageContext) -> Loaded:
-    files, _ = _prepare_text(files, opts.encoding, ctx, strip_bom=True)
+def _load_json(files: list[SourceFile], opts: FileOptions, ctx: StageContext) -> Loaded:
+    files, _ = prepare_text(files, opts.encoding, ctx, strip_bom=True)
     frames = []
     for f in files:
         codec = "utf-8" if opts.encoding != "utf8-lossy" else "utf-8-sig"
@@ -644,13 +482,13 @@ def _load_json(files: list[_File], opts: FileOptions, ctx: StageContext) -> Load
 # --- shared -----------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _per_file_error(
-    files: list[_File], scan: Callable[[_File], pl.LazyFrame], ctx: StageContext
+def per_file_error(
+    files: list[SourceFile], scan: Callable[[SourceFile], pl.LazyFrame], ctx: StageContext
 ) -> DataError | None:
     """Read files one by one to name the one that fails, with Polars' own reason."""
     for f in files:
@@ -673,7 +511,9 @@ def load_files(opts: FileOptions, ctx: StageContext) -> Loaded:
     files = match_files(opts, ctx)
     ctx.metric(files=len(files), bytes=sum(f.local.stat().st_size for f in files))
     if opts.format in ("csv", "tsv"):
-        return _load_csv(files, opts, ctx)
+        from ductwork.connectors.csv_files import load_csv
+
+        return load_csv(files, opts, ctx)
     if opts.format == "parquet":
         return _load_parquet(files, opts, ctx)
     if opts.format == "ndjson":

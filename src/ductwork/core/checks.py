@@ -120,8 +120,15 @@ class _CheckBase(BaseModel):
         return self.kind
 
     def kwargs(self) -> dict[str, Any]:
-        """The check's settings in GE's ``expectation_config.kwargs`` spirit."""
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True, exclude={"name"})
+        """The settings under GE's names (``expectation_config.kwargs``)."""
+        out: dict[str, Any] = {} if self.target is None else {"column": self.target}
+        out.update(self._ge_kwargs())
+        if self.tolerance is not None:
+            out["mostly"] = self.tolerance
+        return out
+
+    def _ge_kwargs(self) -> dict[str, Any]:
+        return {}
 
 
 class _RowCheck(_CheckBase):
@@ -197,14 +204,15 @@ class Between(_ColumnRowCheck):
     def strict_bounds(self) -> tuple[bool, bool]:
         return self.strict or self.strict_min, self.strict or self.strict_max
 
-    def kwargs(self) -> dict[str, Any]:
+    def _ge_kwargs(self) -> dict[str, Any]:
         lo, hi = self.bounds
         smin, smax = self.strict_bounds
-        out: dict[str, Any] = {"column": self.column, "min_value": _jsonable(lo)}
-        out.update(max_value=_jsonable(hi), strict_min=smin, strict_max=smax)
-        if self.mostly is not None:
-            out["mostly"] = self.mostly
-        return out
+        return {
+            "min_value": _jsonable(lo),
+            "max_value": _jsonable(hi),
+            "strict_min": smin,
+            "strict_max": smax,
+        }
 
 
 class InSet(_ColumnRowCheck):
@@ -214,6 +222,9 @@ class InSet(_ColumnRowCheck):
     expectation_type: ClassVar[str] = "expect_column_values_to_be_in_set"
 
     in_set: list[Scalar] = Field(min_length=1)
+
+    def _ge_kwargs(self) -> dict[str, Any]:
+        return {"value_set": [_jsonable(v) for v in self.in_set]}
 
 
 class Unique(_ColumnRowCheck):
@@ -232,6 +243,9 @@ class Regex(_ColumnRowCheck):
     expectation_type: ClassVar[str] = "expect_column_values_to_match_regex"
 
     regex: str = Field(min_length=1)
+
+    def _ge_kwargs(self) -> dict[str, Any]:
+        return {"regex": self.regex}
 
     @field_validator("regex")
     @classmethod
@@ -254,6 +268,9 @@ class ExprCheck(_RowCheck):
     expectation_type: ClassVar[str] = "expect_row_expression_to_be_true"
 
     expr: str = Field(min_length=1)
+
+    def _ge_kwargs(self) -> dict[str, Any]:
+        return {"expr": self.expr}
 
     @field_validator("expr")
     @classmethod
@@ -338,6 +355,9 @@ class TypeCheck(_CheckBase):
 
     column: str = Field(min_length=1)
     type_: str = Field(alias="type", min_length=1)
+
+    def _ge_kwargs(self) -> dict[str, Any]:
+        return {"type_": self.type_}
 
     @field_validator("type_")
     @classmethod
@@ -463,7 +483,7 @@ def _unique_names(checks: list[Check]) -> list[Check]:
     seen: set[str] = set()
     for c in checks:
         if c.check_name in seen:
-            msg = f"two checks are named '{c.check_name}': set a different name: on one of them"
+            msg = f"two checks are named '{c.check_name}': give one of them its own name:"
             raise ValueError(msg)
         seen.add(c.check_name)
     return checks
@@ -575,7 +595,7 @@ class CheckResult:
                 f"{self.unexpected_count} of {self.considered} non-null rows "
                 f"({_pct(self.unexpected_percent)}) unexpected"
             )
-        if self.check.tolerance is not None:
+        if self.check.tolerance is not None and not self.success:
             what += f", more than mostly={self.check.tolerance:g} allows"
         if self.partial_unexpected_list and not isinstance(self.check, NotNull):
             sample = ", ".join(_short(v) for v in self.partial_unexpected_list[:3])
@@ -991,15 +1011,24 @@ def expectation_violations(lf: pl.LazyFrame, raw_rules: Sequence[Mapping[str, An
     try:
         checks = parse_checks(raw_rules)
     except ValidationError as exc:
-        problems = "; ".join(
+        errors = "; ".join(
             f"rule {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return [f"expect rules are invalid: {problems}"]
-    try:
-        report = evaluate(lf, checks, sample_size=3)
-    except DataError as exc:
-        return [f"expect rules cannot run: {exc.message}"]
-    return [f"expect '{r.name}' failed: {r.describe()}" for r in report.failed]
+        return [f"expect rules are invalid: {errors}"]
+    schema = lf.collect_schema()
+    problems: list[str] = []
+    runnable: list[Check] = []
+    for check in checks:  # a rule that cannot run is reported; the others still run
+        try:
+            plan_checks([check], schema)
+        except DataError as exc:
+            problems.append(f"expect rules cannot run: {exc.message}")
+        else:
+            runnable.append(check)
+    if runnable:
+        report = evaluate(lf, runnable, sample_size=3)
+        problems += [f"expect '{r.name}' failed: {r.describe()}" for r in report.failed]
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

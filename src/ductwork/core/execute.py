@@ -27,7 +27,7 @@ from ductwork.core.contract import (
     _no_progress,
 )
 from ductwork.core.store import Store
-from ductwork.errors import DuctworkError, InvariantError
+from ductwork.errors import DataError, DuctworkError, InvariantError
 
 
 @dataclass
@@ -101,7 +101,13 @@ def _store_output(store: Store, value: Any, spec: Output, name: str) -> Artifact
         if not isinstance(value, pl.DataFrame | pl.LazyFrame):
             msg = f"output '{name}' must be a polars DataFrame or LazyFrame, got {type(value).__name__}"
             raise InvariantError(msg)
-        return store.put_table(value)
+        try:
+            return store.put_table(value)
+        except pl.exceptions.PolarsError as exc:
+            # a lazy plan fails only when it runs, i.e. here: name the output and the cause
+            text = str(exc).strip().split("\n")[0]
+            msg = f"computing output '{name}' failed: {type(exc).__name__}: {text}"
+            raise DataError(msg) from exc
     if spec.type == "json":
         try:
             return store.put_json(value)
