@@ -174,3 +174,13 @@ def test_real_weather_profile(tmp_path: Path) -> None:
     assert [t["value"] for t in p["origin"]["top"]] == ["JFK", "LGA", "EWR"]
     assert p["origin"]["distinct"] == 3
     assert p["temp"]["mean"] == pytest.approx(weather["temp"].mean())
+
+
+def test_profile_is_deterministic(tmp_path: Path) -> None:
+    df = pl.DataFrame(
+        {"s": [f"v{i % 13}" for i in range(5000)], "x": [i * 0.5 for i in range(5000)]}
+    )
+    a = run_stage("profile", {"top_k": 4}, {"data": df}, tmp_path / "1")
+    b = run_stage("profile", {"top_k": 4}, {"data": df}, tmp_path / "2")
+    assert a.infos["profile"].sha256 == b.infos["profile"].sha256
+    assert a.infos["markdown"].sha256 == b.infos["markdown"].sha256

@@ -236,3 +236,11 @@ def test_real_weather_data(tmp_path: Path) -> None:
     wind = q.filter(pl.col("wind_speed") > 100)
     assert wind["_failed_checks"].to_list() == [["wind_speed:between"]]
     assert out.violations == []
+
+
+def test_outputs_are_deterministic(frame: pl.DataFrame, tmp_path: Path) -> None:
+    """The store content-addresses outputs: the same input must give the same bytes."""
+    first = run_stage("validate", {"checks": CHECKS}, {"data": frame}, tmp_path / "1")
+    second = run_stage("validate", {"checks": CHECKS}, {"data": frame}, tmp_path / "2")
+    for name in ("passed", "quarantine", "report"):
+        assert first.infos[name].sha256 == second.infos[name].sha256, name

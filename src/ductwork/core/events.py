@@ -33,6 +33,7 @@ class RunStarted(Event):
     executor: str
     workers: int
     dry_run: bool = False
+    inputs: dict[str, list[str]] = field(default_factory=dict)  # the DAG: stage -> its inputs
 
     def __post_init__(self) -> None:
         self.event = "run_started"

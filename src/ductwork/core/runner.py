@@ -215,6 +215,9 @@ class Runner:
                 executor=f"{exec_kind}/{executor.name if executor else 'none'}",
                 workers=executor.workers if executor else 0,
                 dry_run=options.dry_run,
+                inputs={
+                    s: [str(r) for r in p.stages[s].inputs.values()] for s in p.order if s in needed
+                },
             )
         )
         outcomes: dict[str, StageOutcome] = {}

@@ -84,7 +84,13 @@ class ConsoleRenderer:
         if isinstance(event, RunStarted):
             self.dry_run = event.dry_run
             for s in event.stages:
-                self.rows[s] = {"status": "pending", "kind": "", "reason": "", "progress": ""}
+                self.rows[s] = {
+                    "status": "pending",
+                    "kind": "",
+                    "reason": "",
+                    "progress": "",
+                    "inputs": ", ".join(event.inputs.get(s, [])),
+                }
             verb = "Planning" if event.dry_run else "Running"
             self.console.print(
                 f"[bold]{verb}[/bold] {event.pipeline} · run {event.run_id} · "
@@ -140,6 +146,8 @@ class ConsoleRenderer:
         t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         t.add_column("", width=1)
         t.add_column("stage")
+        if self.dry_run:
+            t.add_column("← inputs", style="dim", overflow="fold", max_width=30)
         t.add_column("kind", style="dim")
         t.add_column("status")
         t.add_column("time", justify="right")
@@ -157,9 +165,11 @@ class ConsoleRenderer:
                 note = ""
             if st == "failed" and row.get("error"):
                 note = row["error"].get("message", "").split("\n")[0]
+            cells: list[Any] = [Text(SYMBOL.get(st, "?"), style=STYLE.get(st, "")), name]
+            if self.dry_run:
+                cells.append(row.get("inputs", ""))
             t.add_row(
-                Text(SYMBOL.get(st, "?"), style=STYLE.get(st, "")),
-                name,
+                *cells,
                 row.get("kind", ""),
                 Text(st, style=STYLE.get(st, "")),
                 _fmt_s(dur) if st not in ("pending", "stale") else "",
@@ -209,14 +219,14 @@ class ConsoleRenderer:
             shown = []
             for k, v in m.items():
                 if isinstance(v, dict | list):
-                    if k in ("checks", "quarantined_by_check", "failed_by_check") and isinstance(
+                    if k in ("unexpected_per_check", "quarantined_by_check") and isinstance(
                         v, dict
                     ):
                         inner = ", ".join(
                             f"{ck} {cv:,}" if isinstance(cv, int) else f"{ck} {cv}"
                             for ck, cv in list(v.items())[:8]
                         )
-                        shown.append(f"{k}: {inner}")
+                        shown.append(f"{k.replace('_', ' ')}: {inner}")
                     continue
                 shown.append(
                     f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
