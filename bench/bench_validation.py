@@ -440,6 +440,9 @@ def _output_summary(outputs: dict[str, str]) -> dict[str, Any]:
     for name, p in outputs.items():
         lf = pl.scan_parquet(p)
         summary[f"{name}_rows"] = lf.select(pl.len()).collect().item()
+        flat = lf.with_columns(pl.col(pl.List(pl.String)).list.join(","))
+        hashes = flat.select(pl.all().hash(seed=7).sum()).collect().row(0)  # order-insensitive
+        summary[f"{name}_digest"] = f"{hash(hashes) & 0xFFFFFFFF:08x}"
         if name == "quarantine":
             exploded = lf.select(pl.col("_failed_checks").explode()).drop_nulls()
             vc = exploded.group_by("_failed_checks").len().collect()
@@ -599,17 +602,19 @@ def main() -> None:
                     oc.get("passed_rows"),
                     oc.get("quarantine_rows"),
                     json.dumps(oc.get("quarantine_per_check", {}), sort_keys=True),
+                    f"{oc.get('passed_digest')} / {oc.get('quarantine_digest')}",
                 ]
             )
     outputs = table(
-        ["tool", "passed rows", "quarantine rows", "quarantine rows per check"], out_rows
+        ["tool", "passed rows", "quarantine rows", "quarantine rows per check", "content digests"],
+        out_rows,
     )
     same_outputs = len({tuple(r[1:]) for r in out_rows}) == 1 if out_rows else False
     if "ductwork-report" in work:
         notes.append(
-            "(a) in warn mode `passed` is the input unchanged; it is timed as a pass-through (the "
-            "store links the input artifact). The 'passed re-encoded' row is what it costs when "
-            "the store writes it again instead."
+            "(a) in warn mode `passed` is the input unchanged, so it is timed as a pass-through (no "
+            "write). Today's store re-encodes it; the 'passed re-encoded' row is that cost, which "
+            "goes away once the store can link an unchanged input artifact as an output."
         )
     cmd = f"python bench/bench_validation.py --rows {a.rows} --repeats {a.repeats} --ge-repeats {a.ge_repeats}"
     body = (

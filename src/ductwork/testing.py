@@ -73,6 +73,8 @@ def json_input(name: str, value: Any, directory: Path) -> InputArtifact:
 
 
 def _write_output(value: Any, kind: str, path: Path) -> ArtifactInfo:
+    if isinstance(value, InputArtifact):  # passed through unchanged
+        return value.info
     rows: int | None = None
     schema: dict[str, str] | None = None
     if kind == "table":
@@ -97,6 +99,14 @@ def _write_output(value: Any, kind: str, path: Path) -> ArtifactInfo:
         schema=schema,
         path=str(path),
     )
+
+
+def _materialise(value: Any) -> Any:
+    if isinstance(value, pl.LazyFrame):
+        return value.collect()
+    if isinstance(value, InputArtifact) and value.info.type == "table":
+        return value.frame()
+    return value
 
 
 def run_stage(
@@ -141,6 +151,6 @@ def run_stage(
     infos = {
         name: _write_output(raw[name], spec.type, out_dir / name) for name, spec in declared.items()
     }
-    values = {name: (v.collect() if isinstance(v, pl.LazyFrame) else v) for name, v in raw.items()}
+    values = {name: _materialise(v) for name, v in raw.items()}
     violations = instance.check(p, ins, infos, ctx)
     return StageOutcome(values=values, infos=infos, metrics=ctx.metrics, violations=violations)

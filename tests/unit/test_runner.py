@@ -177,3 +177,23 @@ def test_thread_pool_runs_independent_branches(tmp_path: Path) -> None:
     assert res.exit_code == 0
     # four 0.3 s sleeps on 4 workers overlap
     assert res.duration_s < 1.0
+
+
+def test_validate_in_warn_mode_passes_its_input_through_as_the_same_artifact(
+    tmp_path: Path, steps: str
+) -> None:
+    extra = """
+  - name: checked
+    kind: validate
+    inputs: [src]
+    params:
+      on_fail: warn
+      checks: [{column: x, between: [0, 2]}]
+"""
+    pipe = dw.load(project(tmp_path, steps, extra=extra))
+    res = dw.run(pipe)
+    assert res.exit_code == 0
+    assert (
+        res.stages["checked"].outputs["passed"].sha256 == res.stages["src"].outputs["main"].sha256
+    )
+    assert res.stages["checked"].metrics["unexpected_per_check"] == {"x:between": 1}

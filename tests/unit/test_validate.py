@@ -132,6 +132,10 @@ def test_failing_table_check_fails_quarantine_mode(frame: pl.DataFrame, tmp_path
     checks = [{"column": "a", "not_null": True}, {"column": "zz", "exists": True}]
     with pytest.raises(DataError, match="'zz:exists': column 'zz' does not exist"):
         run_stage("validate", {"checks": checks}, {"data": frame}, tmp_path)
+    typed = [{"column": "n", "type": "String"}]
+    for mode in ("fail", "quarantine"):
+        with pytest.raises(DataError, match="'n:type': column 'n' is Int64, expected String"):
+            run_stage("validate", {"checks": typed, "on_fail": mode}, {"data": frame}, tmp_path)
 
 
 def test_only_table_checks_pass_everything(frame: pl.DataFrame, tmp_path: Path) -> None:

@@ -84,9 +84,8 @@ __all__ = [
 Scalar = bool | int | float | dt.datetime | dt.date | str
 Bound = int | float | dt.datetime | dt.date | str
 
-# Names of the internal columns a plan adds; chosen so they cannot clash with real data.
+# The internal mask columns a plan adds; named so they cannot clash with real data.
 _MASK = "__dw_fail_{}"
-_ROW = "__dw_row"
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,6 +723,10 @@ class CheckPlan:
     def row_checks(self) -> list[_Planned]:
         return [p for p in self.planned if p.mask is not None]
 
+    def schema_results(self) -> list[CheckResult]:
+        """Results of the checks decided by the schema alone (exists, type), before any data."""
+        return [p.table_result for p in self.planned if p.table_result is not None]
+
     @property
     def mask_columns(self) -> dict[str, pl.Expr]:
         return {
@@ -909,7 +912,11 @@ class CheckPlan:
 
         aggs: list[pl.Expr] = [pl.len().alias("__dw_rows")]
         for p in self.row_checks:
-            aggs.append(pl.col(p.mask_column).sum().alias(f"__dw_bad_{p.index}"))
+            if isinstance(p.check, NotNull):  # cheaper than summing the mask
+                bad = pl.col(p.check.column).null_count()
+            else:
+                bad = pl.col(p.mask_column).sum()
+            aggs.append(bad.alias(f"__dw_bad_{p.index}"))
             if p.missing is not None:
                 aggs.append(p.missing.alias(f"__dw_missing_{p.index}"))
         return aggs
@@ -922,18 +929,17 @@ class CheckPlan:
         They only look at failing rows, so they may run on just the rows that failed any check
         (the quarantine) as long as ``row_index`` holds the original row numbers.
         """
-        import polars as pl
-
         if sample_size <= 0:
             return []
+        import polars as pl
+
         aggs: list[pl.Expr] = []
-        idx = pl.col(row_index) if row_index else pl.int_range(pl.len(), dtype=pl.Int64)
         for p in self.row_checks:
-            m = pl.col(p.mask_column)
-            aggs.append(idx.filter(m).head(sample_size).implode().alias(f"__dw_idx_{p.index}"))
+            first = pl.col(p.mask_column).arg_true().head(sample_size)  # positions in this frame
+            idx = pl.col(row_index).gather(first) if row_index else first
+            aggs.append(idx.implode().alias(f"__dw_idx_{p.index}"))
             if p.sample is not None and not isinstance(p.check, NotNull):
-                values = p.sample.filter(m).head(sample_size).implode()
-                aggs.append(values.alias(f"__dw_sample_{p.index}"))
+                aggs.append(p.sample.gather(first).implode().alias(f"__dw_sample_{p.index}"))
         return aggs
 
     def report(self, row: Mapping[str, Any]) -> CheckReport:

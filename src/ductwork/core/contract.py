@@ -16,7 +16,9 @@ A stage kind is a small class (scikit-learn style: no I/O at construction) with
 
 Output values by artifact type: ``table`` -> ``polars.DataFrame`` or ``polars.LazyFrame``
 (sunk to Parquet with streaming), ``json`` -> a JSON-serialisable dict or list, ``text`` -> str,
-``files`` -> a directory ``Path`` (made under ``ctx.tmp_dir``).
+``files`` -> a directory ``Path`` (made under ``ctx.tmp_dir``). Any output may also be an
+:class:`InputArtifact` of the same type, handed back unchanged: the store keeps the one object
+(e.g. validate's ``passed`` in warn mode costs no rewrite).
 """
 
 from __future__ import annotations

@@ -97,6 +97,13 @@ def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
 def _store_output(store: Store, value: Any, spec: Output, name: str) -> ArtifactInfo:
     import polars as pl
 
+    if isinstance(value, InputArtifact):  # an input passed through unchanged: same artifact
+        if value.info.type != spec.type:
+            msg = (
+                f"output '{name}' is a {spec.type}, but input '{value.name}' is a {value.info.type}"
+            )
+            raise InvariantError(msg)
+        return value.info
     if spec.type == "table":
         if not isinstance(value, pl.DataFrame | pl.LazyFrame):
             msg = f"output '{name}' must be a polars DataFrame or LazyFrame, got {type(value).__name__}"

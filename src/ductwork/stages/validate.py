@@ -33,6 +33,7 @@ from pydantic import Field
 from ductwork.core.checks import CheckList, CheckPlan, CheckReport, plan_checks
 from ductwork.core.contract import (
     ArtifactInfo,
+    InputArtifact,
     Inputs,
     Output,
     StageContext,
@@ -81,13 +82,21 @@ class Validate(StageKind[ValidateParams]):
             msg = f"stage '{ctx.stage}': {exc.message}"
             raise DataError(msg, hint=exc.hint) from None
 
-        passed: pl.LazyFrame | pl.DataFrame
+        schema_failures = [r for r in plan.schema_results() if not r.success]
+        if schema_failures and params.on_fail != "warn":  # before reading any data
+            lines = "; ".join(f"'{r.name}': {r.describe()}" for r in schema_failures)
+            msg = f"stage '{ctx.stage}': the input does not have the expected columns: {lines}"
+            hint = f"Columns: {', '.join(schema.names())}"
+            raise DataError(msg, hint=hint)
+
+        passed: pl.LazyFrame | pl.DataFrame | InputArtifact
         if params.on_fail == "quarantine" and plan.row_checks:
             report, passed, quarantine = _split(plan, lf, params.sample_size)
             rows_passed, rows_quarantined = passed.height, quarantine.height
         else:
             report = _report_only(plan, lf, params.sample_size)
-            passed, quarantine = lf, _empty_quarantine(schema)
+            # the input unchanged: handed back as the same artifact, not rewritten
+            passed, quarantine = inputs.only(), _empty_quarantine(schema)
             rows_passed, rows_quarantined = report.row_count, 0
 
         summary = {
