@@ -222,9 +222,14 @@ def main() -> None:
             vals2 = list(ex.map(wl.burn, range(wl.N_BRANCHES)))
         plain_pool = time.perf_counter() - t0
         assert vals == vals2
-        seq_s, seq_sum = run_cli(seq, "--force")
-        par_s, par_sum = run_cli(par, "--force")
-        assert seq_sum["status"] == par_sum["status"] == "ok"
+        seqs, pars = [], []
+        for _ in range(args.repeat):  # interleaved, median of --repeat
+            seq_s, seq_sum = run_cli(seq, "--force")
+            par_s, par_sum = run_cli(par, "--force")
+            assert seq_sum["status"] == par_sum["status"] == "ok"
+            seqs.append(seq_s)
+            pars.append(par_s)
+        seq_s, par_s = statistics.median(seqs), statistics.median(pars)
         rows.append(
             [f"W2 fanout8 (BURN_N={wl.BURN_N}): plain for loop", f"{plain_loop:.2f} s", "1.00x", ""]
         )
