@@ -55,7 +55,7 @@ def main() -> None:
             proj = tmp / f"dw-{i}"
             proj.mkdir()
             shutil.copy(ROOT / "examples" / "flights" / "pipeline.yaml", proj)
-            (proj / "data").symlink_to(data)
+            shutil.copytree(data, proj / "data")
             dt, _ = timed([DUCTWORK, "run", "--json"], proj)
             first.append(dt)
             dt, out_json = timed([DUCTWORK, "run", "--json"], proj)

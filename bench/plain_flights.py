@@ -102,13 +102,22 @@ def main(data: Path, out: Path) -> dict[str, int]:
             & pl.col("carrier").is_not_null(),
         },
     )
-    # profile: one pass of aggregates
+    # profile, the same statistics as the profile stage, in one select: nulls and distinct for
+    # every column; min/max/mean/std and 5 quantiles for numbers; top-5 values for text/bool
     num = [c for c, t in passed.schema.items() if t.is_numeric()]
+    text = [c for c, t in passed.schema.items() if t in (pl.String, pl.Boolean)]
     prof = passed.select(
         *[pl.col(c).null_count().alias(f"{c}__nulls") for c in passed.columns],
-        *[pl.col(c).n_unique().alias(f"{c}__distinct") for c in passed.columns],
+        *[pl.col(c).drop_nulls().n_unique().alias(f"{c}__distinct") for c in passed.columns],
+        *[pl.col(c).min().alias(f"{c}__min") for c in num],
+        *[pl.col(c).max().alias(f"{c}__max") for c in num],
         *[pl.col(c).mean().alias(f"{c}__mean") for c in num],
-        *[pl.col(c).quantile(0.5).alias(f"{c}__p50") for c in num],
+        *[pl.col(c).cast(pl.Float64).std().alias(f"{c}__std") for c in num],
+        *[pl.col(c).quantile(q).alias(f"{c}__q{q}") for c in num for q in (0.05, 0.25, 0.5, 0.75, 0.95)],
+        *[
+            pl.col(c).drop_nulls().value_counts(sort=True).head(5).implode().alias(f"{c}__top")
+            for c in text
+        ],
     )
     (out / "profile.json").write_text(json.dumps(prof.to_dicts()[0], default=str))
     passed.write_parquet(out / "flights_clean.parquet", compression="zstd")

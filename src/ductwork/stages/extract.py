@@ -371,8 +371,8 @@ def _convert(col: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.
     return conv, bad
 
 
-def _enforce(loaded: Loaded, params: ExtractParams, ctx: StageContext) -> tuple[pl.LazyFrame, int]:
-    """Apply columns/schema, run the one checking pass, and return the final plan + row count."""
+def _enforce(loaded: Loaded, params: ExtractParams, ctx: StageContext) -> tuple[pl.DataFrame, int]:
+    """Apply columns/schema, read once, check, and return the table + row count."""
     frame = loaded.frame
     schema = _schema(frame, loaded, ctx)
     if params.schema_ and not any(c != FILE_COLUMN for c in schema):
@@ -410,14 +410,14 @@ def _enforce(loaded: Loaded, params: ExtractParams, ctx: StageContext) -> tuple[
     except pl.exceptions.PolarsError as exc:
         msg = f"stage '{ctx.stage}': cannot apply the schema to {loaded.where}: {_line(exc)}"
         raise DataError(msg) from None
-    stats = _check_pass(frame, exprs, bads, out_schema, loaded, params, ctx)
     final_exprs = list(exprs.values())
     if out_name:
         has_file = FILE_COLUMN in schema
         file_expr = pl.col(FILE_COLUMN) if has_file else pl.lit(loaded.where)
         final_exprs.append(file_expr.cast(pl.String).alias(out_name))
+    df, rows = _read_and_check(frame, final_exprs, exprs, bads, out_schema, loaded, params, ctx)
     ctx.metric(columns=len(final_exprs))
-    return frame.select(final_exprs), stats
+    return df, rows
 
 
 def _schema(frame: pl.LazyFrame, loaded: Loaded, ctx: StageContext) -> dict[str, pl.DataType]:
@@ -440,29 +440,33 @@ def _line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_pass(
+def _read_and_check(
     frame: pl.LazyFrame,
+    final_exprs: list[pl.Expr],
     exprs: Mapping[str, pl.Expr],
     bads: Mapping[str, pl.Expr],
     out_schema: pl.Schema,
     loaded: Loaded,
     params: ExtractParams,
     ctx: StageContext,
-) -> int:
-    """One streaming pass: rows, nulls, non-finite floats and values the schema rejects."""
+) -> tuple[pl.DataFrame, int]:
+    """Read the source once, then check rows, nulls, non-finite floats and values the schema
+    rejects on the table in memory (the store holds the table in memory to write it anyway)."""
     cols = list(exprs)
-    floats = [c for c in cols if out_schema[c].is_float()]
-    aggs = [pl.len().alias("rows")]
-    aggs += [exprs[c].null_count().alias(f"null{i}") for i, c in enumerate(cols)]
-    aggs += [
-        (exprs[c].is_nan() | exprs[c].is_infinite()).sum().alias(f"nonfinite{i}")
-        for i, c in enumerate(floats)
-    ]
-    aggs += [bad.sum().alias(f"bad{i}") for i, bad in enumerate(bads.values())]
+    flags = [bad.alias(f"__dw_bad{i}") for i, bad in enumerate(bads.values())]
     try:
-        row = frame.select(aggs).collect(engine="streaming").row(0, named=True)
+        df = frame.select([*final_exprs, *flags]).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise _read_error(exc, loaded, ctx) from None
+    floats = [c for c in cols if out_schema[c].is_float()]
+    aggs = [pl.len().alias("rows")]
+    aggs += [pl.col(c).null_count().alias(f"null{i}") for i, c in enumerate(cols)]
+    aggs += [
+        (pl.col(c).is_nan() | pl.col(c).is_infinite()).sum().alias(f"nonfinite{i}")
+        for i, c in enumerate(floats)
+    ]
+    aggs += [pl.col(f"__dw_bad{i}").sum().alias(f"bad{i}") for i in range(len(flags))]
+    row = df.select(aggs).row(0, named=True)
     for i, (col, bad) in enumerate(bads.items()):
         if row[f"bad{i}"]:
             raise _bad_value_error(frame, col, bad, int(row[f"bad{i}"]), out_schema, loaded, ctx)
@@ -481,7 +485,9 @@ def _check_pass(
             )
             raise DataError(msg, hint="Fix the source, or drop reject_non_finite to allow them.")
         ctx.log(f"NaN/inf values (allowed): {listed}")
-    return int(row["rows"])
+    if flags:
+        df = df.drop([f"__dw_bad{i}" for i in range(len(flags))])
+    return df, int(row["rows"])
 
 
 def _first_bad(frame: pl.LazyFrame, col: str, bad: pl.Expr, loaded: Loaded) -> str:
