@@ -197,3 +197,13 @@ def test_validate_in_warn_mode_passes_its_input_through_as_the_same_artifact(
         res.stages["checked"].outputs["passed"].sha256 == res.stages["src"].outputs["main"].sha256
     )
     assert res.stages["checked"].metrics["unexpected_per_check"] == {"x:between": 1}
+
+
+def test_process_pool_runs_stages_in_worker_processes(tmp_path: Path, steps: str) -> None:
+    pipe = dw.load(project(tmp_path, steps))
+    res = dw.run(pipe, workers=2, pool="process")
+    assert res.exit_code == 0, res.error
+    assert dw.artifact(pipe, "summed").to_dicts() == [{"g": "a", "total": 8}, {"g": "b", "total": 4}]
+    # the same artifacts as an in-process run: execution is a pure function of its inputs
+    inline = dw.run(pipe, workers=1, force=True)
+    assert {n: s.outputs for n, s in inline.stages.items()} == {n: s.outputs for n, s in res.stages.items()}
