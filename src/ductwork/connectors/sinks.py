@@ -693,7 +693,8 @@ class DatabaseTarget(ABC):
 # -- SQLite -------------------------------------------------------------------------------------
 
 
-def _sqlite_values(df: pl.DataFrame) -> list[tuple[Any, ...]]:
+def _sqlite_values(df: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
+    """Rows as SQLite takes them, streamed (building a list of tuples first is ~25% slower)."""
     exprs = []
     for name, dtype in df.schema.items():
         col = pl.col(name)
@@ -709,7 +710,7 @@ def _sqlite_values(df: pl.DataFrame) -> list[tuple[Any, ...]]:
         elif isinstance(dtype, pl.Decimal | pl.Categorical | pl.Enum):
             col = col.cast(pl.String)
         exprs.append(col)
-    return df.select(exprs).rows()
+    return df.select(exprs).iter_rows()
 
 
 class SQLiteTarget(DatabaseTarget):
