@@ -113,7 +113,11 @@ def main(data: Path, out: Path) -> dict[str, int]:
         *[pl.col(c).max().alias(f"{c}__max") for c in num],
         *[pl.col(c).mean().alias(f"{c}__mean") for c in num],
         *[pl.col(c).cast(pl.Float64).std().alias(f"{c}__std") for c in num],
-        *[pl.col(c).quantile(q).alias(f"{c}__q{q}") for c in num for q in (0.05, 0.25, 0.5, 0.75, 0.95)],
+        *[
+            pl.col(c).quantile(q).alias(f"{c}__q{q}")
+            for c in num
+            for q in (0.05, 0.25, 0.5, 0.75, 0.95)
+        ],
         *[
             pl.col(c).drop_nulls().value_counts(sort=True).head(5).implode().alias(f"{c}__top")
             for c in text

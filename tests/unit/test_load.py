@@ -550,3 +550,22 @@ def test_identifiers_are_quoted() -> None:
         sinks.check_column_names(["Name", "name"], "sqlite")
     with pytest.raises(DataError, match="longer than PostgreSQL's 63 bytes"):
         sinks.check_column_names(["x" * 64], "postgres")
+
+
+def test_large_inputs_are_read_in_batches(
+    tmp_path: Path, flights: pl.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sinks, "_READ_WHOLE_BYTES", 0)  # every input counts as large
+    out = run_stage(
+        "load",
+        {"url": f"sqlite:///{tmp_path}/b.db", "table": "f", "mode": "replace", "batch_rows": 700},
+        {"x": flights},
+        tmp_path,
+        project_dir=tmp_path,
+    )
+    assert out.values["main"]["rows_written"] == flights.height
+    with sqlite3.connect(tmp_path / "b.db") as con:
+        assert con.execute("select count(*), sum(flight_id) from f").fetchone() == (
+            flights.height,
+            flights["flight_id"].sum(),
+        )

@@ -203,7 +203,12 @@ def test_process_pool_runs_stages_in_worker_processes(tmp_path: Path, steps: str
     pipe = dw.load(project(tmp_path, steps))
     res = dw.run(pipe, workers=2, pool="process")
     assert res.exit_code == 0, res.error
-    assert dw.artifact(pipe, "summed").to_dicts() == [{"g": "a", "total": 8}, {"g": "b", "total": 4}]
+    assert dw.artifact(pipe, "summed").to_dicts() == [
+        {"g": "a", "total": 8},
+        {"g": "b", "total": 4},
+    ]
     # the same artifacts as an in-process run: execution is a pure function of its inputs
     inline = dw.run(pipe, workers=1, force=True)
-    assert {n: s.outputs for n, s in inline.stages.items()} == {n: s.outputs for n, s in res.stages.items()}
+    assert {n: s.outputs for n, s in inline.stages.items()} == {
+        n: s.outputs for n, s in res.stages.items()
+    }

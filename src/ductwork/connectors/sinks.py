@@ -222,9 +222,14 @@ def sql_type(dtype: pl.DataType, dialect: Dialect, column: str) -> str:
 # --- the input ----------------------------------------------------------------------------------
 
 
+# inputs up to this size are read in one go (Polars' multi-threaded reader), larger ones in
+# batches so that memory stays bounded whatever the input size
+_READ_WHOLE_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class ParquetSource:
-    """The load's input: a Parquet file read in batches, never all at once."""
+    """The load's input: a Parquet file, read in batches when it is large."""
 
     path: Path
     schema: pl.Schema
@@ -244,6 +249,9 @@ class ParquetSource:
         return pl.scan_parquet(self.path)
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        if self.path.stat().st_size <= _READ_WHOLE_BYTES:
+            yield from pl.read_parquet(self.path).iter_slices(rows)
+            return
         import pyarrow.parquet as pq
 
         with pq.ParquetFile(self.path) as f:
