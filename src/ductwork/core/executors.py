@@ -80,7 +80,9 @@ class ProcessExecutor(Executor):
         super().__init__(workers)
         # forkserver: one clean server process imports ductwork and Polars once, and workers
         # are forked from it (no threads are forked, unlike plain fork); spawn elsewhere
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        method = (
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             ctx.set_forkserver_preload(["ductwork.core.execute", "polars"])
