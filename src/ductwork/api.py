@@ -99,6 +99,7 @@ class Stage:
     expect: list[dict[str, Any]] = field(default_factory=list)
     cache: bool = True
     description: str = ""
+    after: list[str] = field(default_factory=list)
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -107,6 +108,7 @@ class Stage:
             "expect": list(self.expect),
             "cache": self.cache,
             "description": self.description,
+            "after": list(self.after),
         }
         if callable(self.kind):
             entry["kind"] = "python"

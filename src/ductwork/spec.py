@@ -64,6 +64,11 @@ class StageEntry(BaseModel):
     )
     uses: Any = Field(default=None, description="kind: python — `package.module:function`.")
     cache: bool = Field(default=True, description="Reuse outputs when the fingerprint matches.")
+    after: list[str] = Field(
+        default_factory=list,
+        description="Stages that must finish first although no data is passed "
+        "(e.g. read back a table that a load stage writes).",
+    )
     description: str = ""
 
     @field_validator("name")
@@ -413,6 +418,7 @@ def build_pipeline(
             cache=entry.cache,
             description=entry.description,
             location=loc,
+            after=list(entry.after),
         )
         nodes.append(node)
         prev = node

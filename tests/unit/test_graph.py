@@ -69,3 +69,22 @@ def test_duplicate_and_missing_inputs_are_all_reported(tmp_path: Path) -> None:
     text = str(exc.value)
     assert "duplicate stage name 'a'" in text
     assert "input 'aa' names no stage - did you mean 'a'?" in text
+
+
+def test_after_orders_stages_without_passing_data(tmp_path: Path) -> None:
+    p = pipeline(
+        "after",
+        [
+            Stage("reader", src, inputs=[], after=["writer"]),
+            Stage("writer", src, inputs=[]),
+        ],
+        project_dir=tmp_path,
+    )
+    assert p.order == ["writer", "reader"]
+    assert p.stages["reader"].inputs == {}
+    with pytest.raises(SpecError, match="after 'writr' names no stage - did you mean 'writer'"):
+        pipeline(
+            "bad",
+            [Stage("writer", src), Stage("r", src, inputs=[], after=["writr"])],
+            project_dir=tmp_path,
+        )

@@ -48,6 +48,7 @@ class StageNode:
     cache: bool = True
     description: str = ""
     location: Location | None = None
+    after: list[str] = field(default_factory=list)  # order-only dependencies (no data passed)
 
     @property
     def main_output(self) -> str:
@@ -90,6 +91,15 @@ class Pipeline:
             self.stages[node.name] = node
         for node in self.stages.values():
             loc = node.location or Location(where)
+            for name in node.after:
+                if name not in self.stages:
+                    issues.append(
+                        SpecIssue(
+                            loc,
+                            f"stage '{node.name}': after '{name}' names no stage"
+                            f"{did_you_mean(name, self.stages)}",
+                        )
+                    )
             for local, ref in node.inputs.items():
                 upstream = self.stages.get(ref.stage)
                 if upstream is None:
@@ -139,8 +149,11 @@ class Pipeline:
         return order
 
     def dependencies(self) -> dict[str, set[str]]:
-        """Stage name -> names of the stages it reads (a fresh copy)."""
-        return {n.name: {r.stage for r in n.inputs.values()} for n in self.stages.values()}
+        """Stage name -> names of the stages it reads or must run after (a fresh copy)."""
+        return {
+            n.name: {r.stage for r in n.inputs.values()} | set(n.after)
+            for n in self.stages.values()
+        }
 
     def upstream_of(self, names: Iterable[str]) -> set[str]:
         """Everything the given stages depend on, directly or not (one traversal)."""

@@ -277,6 +277,9 @@ class Runner:
         self, node: StageNode, outcomes: dict[str, StageOutcome]
     ) -> dict[str, ArtifactInfo] | str:
         """Input artifacts of a stage, or the reason it cannot run."""
+        for name in node.after:
+            if outcomes[name].status in ("failed", "skipped"):
+                return f"stage '{name}' (after) {outcomes[name].status}"
         inputs: dict[str, ArtifactInfo] = {}
         for local, ref in node.inputs.items():
             up = outcomes[ref.stage]
