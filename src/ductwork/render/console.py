@@ -5,6 +5,7 @@ Only this package imports rich. ``NO_COLOR`` is respected (rich reads it).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -72,7 +73,11 @@ class ConsoleRenderer:
     def __init__(
         self, console: Console | None = None, *, live: bool | None = None, verbose: bool = False
     ) -> None:
-        self.console = console or Console(stderr=False, highlight=False)
+        if console is None:
+            console = Console(highlight=False)
+            if not console.is_terminal and "COLUMNS" not in os.environ:
+                console = Console(highlight=False, width=120)  # logs: don't wrap at 80
+        self.console = console
         self.live_enabled = self.console.is_terminal if live is None else live
         self.verbose = verbose
         self.rows: dict[str, dict[str, Any]] = {}
@@ -92,10 +97,14 @@ class ConsoleRenderer:
                     "inputs": ", ".join(event.inputs.get(s, [])),
                 }
             verb = "Planning" if event.dry_run else "Running"
+            where = (
+                "nothing runs"
+                if event.dry_run
+                else f"executor {event.executor} ({event.workers} worker{'s' if event.workers != 1 else ''})"
+            )
             self.console.print(
                 f"[bold]{verb}[/bold] {event.pipeline} · run {event.run_id} · "
-                f"{len(event.selected)}/{len(event.stages)} stages selected · executor {event.executor}"
-                f" ({event.workers} worker{'s' if event.workers != 1 else ''})"
+                f"{len(event.selected)}/{len(event.stages)} stages selected · {where}"
             )
             if self.live_enabled:
                 self.live = Live(
