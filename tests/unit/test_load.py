@@ -370,7 +370,7 @@ def test_partitioned_write_replaces_the_whole_set(flights: pl.DataFrame, tmp_pat
 def test_partition_swap_without_renameat2(
     flights: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sinks, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(sinks.files, "_exchange", lambda a, b: False)
     params = {"path": "p", "partition_by": "carrier", "to": "csv"}
     load(params, flights, tmp_path)
     r = load(params, flights.filter(pl.col("carrier") == "UA"), tmp_path)
@@ -555,7 +555,12 @@ def test_identifiers_are_quoted() -> None:
 def test_large_inputs_are_read_in_batches(
     tmp_path: Path, flights: pl.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sinks, "_READ_WHOLE_BYTES", 0)  # every input counts as large
+    monkeypatch.setattr(sinks._common, "_READ_WHOLE_BYTES", 0)  # every input counts as large
+
+    def no_whole_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the input was read whole, not in batches")
+
+    monkeypatch.setattr(pl, "read_parquet", no_whole_read)
     out = run_stage(
         "load",
         {"url": f"sqlite:///{tmp_path}/b.db", "table": "f", "mode": "replace", "batch_rows": 700},
