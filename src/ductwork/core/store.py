@@ -38,6 +38,12 @@ from ductwork.errors import StoreError
 if TYPE_CHECKING:
     import polars as pl
 
+# A fixed row-group size makes Parquet bytes independent of how the frame is chunked in memory.
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "statistics": True,
+    "row_group_size": 262_144,
+}
 SUFFIX: dict[str, str] = {"table": ".parquet", "json": ".json", "text": ".txt", "files": ""}
 _CHUNK = 1 << 20
 
@@ -156,19 +162,23 @@ class Store:
     def put_table(self, value: pl.DataFrame | pl.LazyFrame) -> ArtifactInfo:
         """Write a table as Parquet (zstd). The same rows always give the same bytes.
 
-        Parquet pages follow the in-memory chunk layout, which depends on thread timing (a
-        streaming sink after a sort, a parallel join), so the frame is collected and rechunked
-        before writing: identical data -> identical sha256 -> downstream stages stay cached.
+        Polars' Parquet pages otherwise follow the in-memory chunk layout, which depends on
+        thread timing (a sort, a parallel join), so the row-group size is fixed: then a
+        streaming sink and an in-memory write of equal rows give identical files, and identical
+        data keeps its sha256 -> downstream stages stay cached. LazyFrames are streamed to disk.
         """
         import polars as pl
 
         tmp = self.new_tmp_path(".parquet")
         try:
-            df = value.collect() if isinstance(value, pl.LazyFrame) else value
-            df = df.rechunk()
-            df.write_parquet(tmp, compression="zstd", statistics=True)
-            schema = {k: str(v) for k, v in df.schema.items()}
-            rows = df.height
+            if isinstance(value, pl.LazyFrame):
+                value.sink_parquet(tmp, **PARQUET_OPTIONS)
+                schema = {k: str(v) for k, v in pl.read_parquet_schema(tmp).items()}
+                rows = _parquet_rows(tmp)
+            else:
+                value.write_parquet(tmp, **PARQUET_OPTIONS)
+                schema = {k: str(v) for k, v in value.schema.items()}
+                rows = value.height
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
