@@ -23,6 +23,10 @@ def test_same_rows_same_artifact_whatever_the_chunking(tmp_path: Path) -> None:
     one = store.put_table(df)
     two = store.put_table(chunked.lazy())
     assert one.sha256 == two.sha256
+    assert (
+        hashlib.sha256(Path(one.path).read_bytes()).hexdigest() == one.sha256
+    )  # hashed as written
+    assert one.bytes == Path(one.path).stat().st_size
     assert one.rows == 10_000
     assert one.schema == {"a": "Int64", "b": "String"}
     assert len(list(store.objects.iterdir())) == 1

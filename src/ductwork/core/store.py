@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ductwork.core.contract import ArtifactInfo, ArtifactType
 from ductwork.core.fingerprint import tree_digest
@@ -75,6 +76,26 @@ def _replace(src: Path, dst: Path) -> None:
             raise
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file wrapper that computes the sha256 of what goes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.sha256.update(b)
+        self.size += len(b)
+        return self._f.write(b)
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def atomic_write_bytes(
@@ -171,18 +192,27 @@ class Store:
 
         tmp = self.new_tmp_path(".parquet")
         try:
+            with open(tmp, "wb") as f:
+                out = _HashingWriter(f)  # hashed as written: no second pass over the file
+                sink = cast(BinaryIO, out)
+                if isinstance(value, pl.LazyFrame):
+                    value.sink_parquet(sink, **PARQUET_OPTIONS)
+                else:
+                    value.write_parquet(sink, **PARQUET_OPTIONS)
+                f.flush()
+                os.fsync(f.fileno())
             if isinstance(value, pl.LazyFrame):
-                value.sink_parquet(tmp, **PARQUET_OPTIONS)
                 schema = {k: str(v) for k, v in pl.read_parquet_schema(tmp).items()}
                 rows = _parquet_rows(tmp)
             else:
-                value.write_parquet(tmp, **PARQUET_OPTIONS)
                 schema = {k: str(v) for k, v in value.schema.items()}
                 rows = value.height
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return self._publish_file(tmp, "table", rows, schema)
+        return self._publish_file(
+            tmp, "table", rows, schema, digest=(out.sha256.hexdigest(), out.size)
+        )
 
     def put_json(self, value: Any) -> ArtifactInfo:
         data = json.dumps(value, sort_keys=True, indent=1, default=str, allow_nan=False).encode()
@@ -216,7 +246,10 @@ class Store:
         tmp = self.new_tmp_path(suffix)
         with open(tmp, "wb") as f:
             f.write(data)
-        return self._publish_file(tmp, type_, None, None)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = (hashlib.sha256(data).hexdigest(), len(data))
+        return self._publish_file(tmp, type_, None, None, digest=digest)
 
     def _publish_file(
         self,
@@ -224,8 +257,11 @@ class Store:
         type_: ArtifactType,
         rows: int | None,
         schema: dict[str, str] | None,
+        *,
+        digest: tuple[str, int] | None = None,
     ) -> ArtifactInfo:
-        sha, size = _hash_and_sync(tmp)
+        """Rename a complete, fsynced temp file to its content address."""
+        sha, size = digest if digest is not None else _hash_and_sync(tmp)
         target = self.object_path(sha, type_)
         if target.exists():
             tmp.unlink(missing_ok=True)  # same content already stored
