@@ -211,7 +211,8 @@ class ConsoleRenderer:
             self.console.print(Text(f"error: {err.get('message')}", style="red"))
             if err.get("hint"):
                 self.console.print(Text(str(err["hint"]), style="yellow"))
-        if event.resume:
+        kept = any(st.get("status") in ("ok", "cached", "saved") for st in event.stages)
+        if event.resume and kept:
             self.console.print(
                 Text(
                     f"Earlier stages' artifacts are kept; after a fix, `{event.resume}` resumes from the failed stage.",

@@ -106,7 +106,7 @@ class PythonStage(StageKind[PythonParams]):
     outputs: ClassVar[dict[str, Output]] = {"main": Output("table")}
     min_inputs = 0
     max_inputs = None
-    summary = "Your own function on (Lazy)Frames; its source is part of the fingerprint."
+    summary = "your own function on (Lazy)Frames; its source is part of the fingerprint"
 
     def declared_outputs(self, params: PythonParams) -> dict[str, Output]:
         first = next(iter(params.outputs))
