@@ -16,10 +16,10 @@ process, runs interleaved across tools:
     quarantine Parquet files from one lazy query (pl.collect_all over shared sub-plans).
 
 pandera and GE run only when a peers interpreter has them (--peers-python, default
-/work/venv-peers/bin/python or $DUCTWORK_PEERS_PYTHON); otherwise they are skipped with a note.
-Set one up outside the dev venv with:
+$DUCTWORK_PEERS_PYTHON or bench/.work/peers-venv/bin/python); otherwise they are skipped with a
+note. Set one up outside the dev venv with:
 
-    uv venv /work/venv-peers && uv pip install --python /work/venv-peers/bin/python \\
+    uv venv bench/.work/peers-venv && uv pip install --python bench/.work/peers-venv/bin/python \\
         polars pyarrow 'pandas<3' numpy great-expectations 'pandera[polars]'
 
 Usage:
@@ -66,7 +66,10 @@ CHECKS: list[dict[str, Any]] = [
 DATA_DIR = Path(
     os.environ.get("DUCTWORK_BENCH_DATA", Path(tempfile.gettempdir()) / "ductwork-bench")
 )
-DEFAULT_PEERS = os.environ.get("DUCTWORK_PEERS_PYTHON", "/work/venv-peers/bin/python")
+DEFAULT_PEERS = os.environ.get(
+    "DUCTWORK_PEERS_PYTHON",
+    str(Path(__file__).resolve().parent / ".work" / "peers-venv" / "bin" / "python"),
+)
 
 
 # ----------------------------------------------------------------------------- data
@@ -617,7 +620,8 @@ def main() -> None:
     cmd = f"python bench/bench_validation.py --rows {a.rows} --repeats {a.repeats} --ge-repeats {a.ge_repeats}"
     body = (
         "## Validation (bench/bench_validation.py)\n\n"
-        f"Re-run: `{cmd}` (peers from `--peers-python {a.peers_python}`) · {machine()}\n\n"
+        f"Re-run: `{cmd}` (pandera and GE from a separate venv: `--peers-python` or "
+        f"`DUCTWORK_PEERS_PYTHON`, see the script's docstring) · {machine()}\n\n"
         f"{a.rows:,} rows x 8 columns (~1% nulls), 6 checks: 2x not_null, between, in_set, unique, "
         f"regex `{REGEX}` (data and rules of shared/peers/bench_validation.py). Timed region per run: "
         "read Parquet + validate + write outputs; each run in a fresh process, tools interleaved, "
