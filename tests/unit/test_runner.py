@@ -212,3 +212,15 @@ def test_process_pool_runs_stages_in_worker_processes(tmp_path: Path, steps: str
     assert {n: s.outputs for n, s in inline.stages.items()} == {
         n: s.outputs for n, s in res.stages.items()
     }
+
+
+def test_process_pool_refuses_unimportable_functions_clearly(tmp_path: Path) -> None:
+    def local_source() -> pl.DataFrame:  # a local function: no worker process can import it
+        return pl.DataFrame({"x": [1]})
+
+    pipe = dw.pipeline("local", [dw.Stage("s", local_source, inputs=[])], project_dir=tmp_path)
+    res = dw.run(pipe, workers=2, pool="process")
+    assert res.exit_code == 2
+    assert res.error is not None
+    assert "cannot be sent to a worker process" in res.error["message"]
+    assert dw.run(pipe, workers=2, pool="thread").exit_code == 0

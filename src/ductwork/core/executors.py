@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -101,6 +102,17 @@ class ProcessExecutor(Executor):
             )
             raise UsageError(msg)
         shipped = StageTask(**{**task.__dict__, "kind_cls": None})
+        try:
+            pickle.dumps(shipped)
+        except Exception as exc:  # a lambda, a local function, a function defined in __main__
+            msg = (
+                f"stage '{task.stage}' cannot be sent to a worker process: {exc}; its function "
+                "must be importable (defined at the top level of a module, not in __main__, a "
+                "notebook or another function)"
+            )
+            raise UsageError(
+                msg, hint="Move the function into a module, or use pool: thread."
+            ) from exc
         return self._get_pool().submit(execute_stage, shipped)
 
     def shutdown(self, *, cancel: bool = False) -> None:
