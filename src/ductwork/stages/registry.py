@@ -17,6 +17,7 @@ KINDS: dict[str, str] = {
     "transform": "ductwork.stages.transform:Transform",
     "load": "ductwork.stages.load:Load",
     "profile": "ductwork.stages.profile:Profile",
+    "split": "ductwork.stages.split:Split",
     "python": "ductwork.stages.python:PythonStage",
 }
 
