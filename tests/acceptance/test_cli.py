@@ -179,3 +179,13 @@ def test_kill_9_at_random_points_leaves_a_completable_store(tmp_path: Path) -> N
             if obj.is_file():
                 assert hashlib.sha256(obj.read_bytes()).hexdigest() == obj.name.split(".")[0]
     assert killed >= 10
+
+
+def test_error_lines_are_never_wrapped(tmp_path: Path) -> None:
+    deep = tmp_path / ("a-rather-long-directory-name-" * 4) / "project"
+    deep.mkdir(parents=True)
+    (deep / "pipeline.yaml").write_text("pipeline: x\nstages:\n  - {name: a, kind: extrct}\n")
+    p = Cli(deep)("check", "--no-json", env={"COLUMNS": "60"})
+    assert p.returncode == 2
+    line = next(x for x in p.stderr.splitlines() if "pipeline.yaml:3:" in x)
+    assert "unknown stage kind 'extrct' - did you mean 'extract'?" in line

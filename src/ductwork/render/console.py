@@ -208,9 +208,9 @@ class ConsoleRenderer:
             self.console.print(Group(*metric_lines))
         if event.error:
             err = event.error
-            self.console.print(Text(f"error: {err.get('message')}", style="red"))
+            self.console.print(Text(f"error: {err.get('message')}", style="red"), soft_wrap=True)
             if err.get("hint"):
-                self.console.print(Text(str(err["hint"]), style="yellow"))
+                self.console.print(Text(str(err["hint"]), style="yellow"), soft_wrap=True)
         kept = any(st.get("status") in ("ok", "cached", "saved") for st in event.stages)
         if event.resume and kept:
             self.console.print(
@@ -250,9 +250,10 @@ class ConsoleRenderer:
 
 def print_error(message: str, hint: str | None = None, *, console: Console | None = None) -> None:
     c = console or Console(stderr=True, highlight=False)
-    c.print(Text(f"error: {message}", style="bold red"))
+    # never wrapped: `file:line:col: message` lines must stay whole for editors and grep
+    c.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
     if hint:
-        c.print(Text(hint, style="yellow"))
+        c.print(Text(hint, style="yellow"), soft_wrap=True)
 
 
 def stdout_is_tty() -> bool:
