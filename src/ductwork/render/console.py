@@ -108,7 +108,7 @@ class ConsoleRenderer:
             )
             if self.live_enabled:
                 self.live = Live(
-                    self._table(), console=self.console, refresh_per_second=8, transient=True
+                    _LiveTable(self), console=self.console, refresh_per_second=8, transient=True
                 )
                 self.live.start()
         elif isinstance(event, StageStarted):
@@ -141,7 +141,7 @@ class ConsoleRenderer:
             self._finish(event)
             return
         if self.live is not None:
-            self.live.update(self._table())
+            self.live.refresh()
 
     def _line(self, name: str, row: dict[str, Any]) -> Text:
         st = row.get("status", "")
@@ -246,6 +246,16 @@ class ConsoleRenderer:
                     Text.assemble((f"  {s['stage']}: ", "bold"), ("; ".join(shown)[:400], ""))
                 )
         return lines
+
+
+class _LiveTable:
+    """Re-renders on every refresh, so running stages show a ticking time."""
+
+    def __init__(self, renderer: ConsoleRenderer) -> None:
+        self.renderer = renderer
+
+    def __rich__(self) -> Table:
+        return self.renderer._table()
 
 
 def print_error(message: str, hint: str | None = None, *, console: Console | None = None) -> None:
