@@ -26,20 +26,6 @@ if TYPE_CHECKING:
         stage,
     )
 
-_API = {
-    "Stage",
-    "artifact",
-    "export",
-    "gc",
-    "lineage",
-    "load",
-    "pipeline",
-    "plan",
-    "run",
-    "runs",
-    "show",
-    "stage",
-}
 
 __all__ = [
     "Stage",
@@ -59,7 +45,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
+    if name in __all__ and name != "__version__":
         from ductwork import api
 
         return getattr(api, name)

@@ -492,9 +492,3 @@ def gc(
         "cache_entries_removed": pruned,
         **result,
     }
-
-
-def frame(info: ArtifactInfo) -> pl.DataFrame:
-    import polars as pl
-
-    return pl.read_parquet(info.path)

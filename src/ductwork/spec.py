@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -473,6 +473,3 @@ def _check_rule(
 def pipeline_json_schema() -> dict[str, Any]:
     """JSON Schema of the pipeline file (for editors: yaml-language-server)."""
     return PipelineFile.model_json_schema()
-
-
-StageFactory = Callable[..., Any]

@@ -12,8 +12,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,10 +155,6 @@ class Records:
             conn.execute("commit")
 
         self._retry(attempt)
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        yield self._conn()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         conn = self._conn()

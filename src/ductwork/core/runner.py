@@ -220,9 +220,8 @@ class Runner:
                 },
             )
         )
-        outcomes: dict[str, StageOutcome] = {}
         try:
-            self._walk(run_id, selected, options, executor, outcomes)
+            self._walk(run_id, selected, options, executor)
         except BaseException as exc:
             if executor is not None:
                 executor.shutdown(cancel=True)
@@ -232,7 +231,7 @@ class Runner:
             raise
         if executor is not None:
             executor.shutdown()
-        return self._finish(run_id, started, outcomes, options)
+        return self._finish(run_id, started, options)
 
     def _walk(
         self,
@@ -240,7 +239,6 @@ class Runner:
         selected: set[str],
         options: RunOptions,
         executor: Executor | None,
-        outcomes: dict[str, StageOutcome],
     ) -> None:
         p = self.pipeline
         decl = {n: i for i, n in enumerate(p.stages)}
@@ -254,9 +252,7 @@ class Runner:
         while sorter.is_active():
             for name in sorted(sorter.get_ready(), key=decl.__getitem__):
                 node = p.stages[name]
-                submitted = self._start_stage(
-                    run_id, node, name in selected, options, executor, outcomes
-                )
+                submitted = self._start_stage(run_id, node, name in selected, options, executor)
                 if submitted is None:
                     sorter.done(name)
                 else:
@@ -273,10 +269,9 @@ class Runner:
         """The selected stages and everything upstream of them (whose artifacts they read)."""
         return set(selected) | self.pipeline.upstream_of(selected)
 
-    def _inputs_of(
-        self, node: StageNode, outcomes: dict[str, StageOutcome]
-    ) -> dict[str, ArtifactInfo] | str:
+    def _inputs_of(self, node: StageNode) -> dict[str, ArtifactInfo] | str:
         """Input artifacts of a stage, or the reason it cannot run."""
+        outcomes = self._outcomes
         for name in node.after:
             if outcomes[name].status in ("failed", "skipped"):
                 return f"stage '{name}' (after) {outcomes[name].status}"
@@ -299,9 +294,8 @@ class Runner:
         is_selected: bool,
         options: RunOptions,
         executor: Executor | None,
-        outcomes: dict[str, StageOutcome],
     ) -> tuple[Future[StageResult], Fingerprint, dict[str, ArtifactInfo]] | None:
-        inputs = self._inputs_of(node, self._outcomes)
+        inputs = self._inputs_of(node)
         if isinstance(inputs, str):
             status = "stale" if options.dry_run and "will run" in inputs else "skipped"
             outcome = StageOutcome(node.name, node.kind, status, reason=inputs)
@@ -525,9 +519,7 @@ class Runner:
             )
         )
 
-    def _finish(
-        self, run_id: str, started: float, outcomes: dict[str, StageOutcome], options: RunOptions
-    ) -> RunResult:
+    def _finish(self, run_id: str, started: float, options: RunOptions) -> RunResult:
         outcomes = self._outcomes
         ordered = {n: outcomes[n] for n in self.pipeline.order if n in outcomes}
         failed = [o for o in ordered.values() if o.status == "failed"]

@@ -46,19 +46,6 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "row_group_size": 262_144,
 }
 SUFFIX: dict[str, str] = {"table": ".parquet", "json": ".json", "text": ".txt", "files": ""}
-_CHUNK = 1 << 20
-
-
-def _hash_and_sync(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, and fsync it, in one read."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb+") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-        os.fsync(f.fileno())
-    return h.hexdigest(), size
 
 
 def _parquet_rows(path: Path) -> int:
@@ -96,24 +83,6 @@ class _HashingWriter(io.RawIOBase):
 
     def flush(self) -> None:
         self._f.flush()
-
-
-def atomic_write_bytes(
-    path: Path, data: bytes, tmp_dir: Path | None = None, *, fsync: bool = True
-) -> None:
-    """Write a file so readers see either the old or the whole new content.
-
-    The content is fsynced before the rename, so a crash leaves the old file or the whole new
-    one. The directory is not fsynced: after a power loss a rename may be lost, and the store
-    treats a lost object as missing (the stage is re-run), never as corrupt.
-    """
-    tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    _replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -258,10 +227,10 @@ class Store:
         rows: int | None,
         schema: dict[str, str] | None,
         *,
-        digest: tuple[str, int] | None = None,
+        digest: tuple[str, int],
     ) -> ArtifactInfo:
         """Rename a complete, fsynced temp file to its content address."""
-        sha, size = digest if digest is not None else _hash_and_sync(tmp)
+        sha, size = digest
         target = self.object_path(sha, type_)
         if target.exists():
             tmp.unlink(missing_ok=True)  # same content already stored

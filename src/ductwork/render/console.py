@@ -6,7 +6,6 @@ Only this package imports rich. ``NO_COLOR`` is respected (rich reads it).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
@@ -264,7 +263,3 @@ def print_error(message: str, hint: str | None = None, *, console: Console | Non
     c.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
     if hint:
         c.print(Text(hint, style="yellow"), soft_wrap=True)
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

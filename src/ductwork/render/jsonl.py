@@ -26,7 +26,3 @@ class JsonRenderer:
     def write(self, obj: dict[str, Any]) -> None:
         self.stream.write(json.dumps(obj, default=str, separators=(",", ":")) + "\n")
         self.stream.flush()
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str, indent=2)
