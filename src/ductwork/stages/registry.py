@@ -18,6 +18,13 @@ KINDS: dict[str, str] = {
     "load": "ductwork.stages.load:Load",
     "profile": "ductwork.stages.profile:Profile",
     "split": "ductwork.stages.split:Split",
+    "features": "ductwork.stages.features:Features",
+    "tune": "ductwork.stages.tune:Tune",
+    "train": "ductwork.stages.train:Train",
+    "evaluate": "ductwork.stages.evaluate:Evaluate",
+    "gate": "ductwork.stages.gate:Gate",
+    "register": "ductwork.stages.register:Register",
+    "predict": "ductwork.stages.predict:Predict",
     "python": "ductwork.stages.python:PythonStage",
 }
 
