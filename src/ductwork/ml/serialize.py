@@ -49,9 +49,64 @@ def dump(obj: Any, path: Path) -> str:
     import skops.io as sio
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = sio.dumps(obj)
+    data = _stable_zip(sio.dumps(obj))
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _stable_zip(data: bytes) -> bytes:
+    """Rewrite skops' zip so the same object always gives the same bytes.
+
+    skops names shared objects and array files by ``id()`` (memory addresses) and stamps the
+    zip entries with the current time. Both are renumbered in order of first appearance and
+    the times fixed, so a model retrained to the same weights keeps its sha256: the stages
+    after it stay cached, and two executors produce identical artifacts.
+    """
+    import io
+    import json
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as src:
+        schema = json.loads(src.read("schema.json"))
+        names = {i.filename: src.read(i.filename) for i in src.infolist()}
+    ids: dict[int, int] = {}
+
+    def renumber(value: int) -> int:
+        return ids.setdefault(value, len(ids) + 1)
+
+    def walk(node: object) -> object:
+        if isinstance(node, dict):
+            out: dict[str, object] = {}
+            for key, value in node.items():
+                if key == "__id__" and isinstance(value, int):
+                    out[key] = renumber(value)
+                elif key == "file" and isinstance(value, str) and value in names:
+                    stem, dot, ext = value.partition(".")
+                    out[key] = f"{renumber(int(stem))}{dot}{ext}" if stem.isdigit() else value
+                else:
+                    out[key] = walk(value)
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    new_schema = walk(schema)
+    files: dict[str, bytes] = {"schema.json": json.dumps(new_schema, indent=2).encode()}
+    for name, content in names.items():
+        if name == "schema.json":
+            continue
+        match = re.fullmatch(r"(\d+)(\..*)", name)
+        new_name = f"{renumber(int(match[1]))}{match[2]}" if match else name
+        files[new_name] = content
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            dst.writestr(info, files[name])
+    return out.getvalue()
 
 
 def load(path: Path, *, sha256: str | None, trusted: Iterable[str] = ()) -> Any:
