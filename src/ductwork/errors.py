@@ -89,6 +89,12 @@ class InvariantError(DuctworkError):
     exit_code = 1
 
 
+class GateFailed(DuctworkError):
+    """A model did not pass its gate: the pipeline stops before it is registered."""
+
+    exit_code = 1
+
+
 class StoreError(DuctworkError):
     """The artifact store or the run records are unreadable or inconsistent."""
 

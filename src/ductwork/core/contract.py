@@ -173,6 +173,14 @@ class StageContext:
     progress_fn: ProgressFn = _no_progress
     metrics: dict[str, Any] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+    store_dir: Path | None = None  # the artifact store's root (default <project>/.ductwork)
+    pipeline: str = ""  # the pipeline's name
+    fingerprint: str = ""  # this stage run's fingerprint
+
+    @property
+    def store_root(self) -> Path:
+        """The artifact store's root: where stages keep embedded databases (MLflow, Optuna)."""
+        return self.store_dir if self.store_dir is not None else self.project_dir / ".ductwork"
 
     @property
     def tmp_dir(self) -> Path:

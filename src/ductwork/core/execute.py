@@ -47,6 +47,7 @@ class StageTask:
     project_dir: str
     allow_outside_project: bool = False
     kind_cls: Any = None  # set for in-process execution (e.g. kinds defined in __main__)
+    pipeline: str = ""
 
 
 @dataclass
@@ -186,6 +187,9 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
             work_dir=tmp,
             allow_outside_project=task.allow_outside_project,
             progress_fn=progress,
+            store_dir=Path(task.store_root),
+            pipeline=task.pipeline,
+            fingerprint=task.fingerprint,
         )
         try:
             kind_cls = _resolve_kind(task)

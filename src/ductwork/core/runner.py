@@ -144,6 +144,8 @@ class Runner:
             project_dir=self.pipeline.project_dir,
             work_dir=self.store.tmp,
             allow_outside_project=self.pipeline.allow_outside_project,
+            store_dir=self.store.root,
+            pipeline=self.pipeline.name,
         )
         source = kind.source_stamp(node.params, ctx)
         code = kind.code_stamp(node.params)
@@ -361,6 +363,7 @@ class Runner:
             project_dir=str(self.pipeline.project_dir),
             allow_outside_project=self.pipeline.allow_outside_project,
             kind_cls=node.kind_cls,
+            pipeline=self.pipeline.name,
         )
         last = [0.0]
 

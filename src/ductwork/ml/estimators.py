@@ -156,7 +156,12 @@ def build(
             raise UsageError(msg, hint=f"Params of {cls.__name__}: {', '.join(sorted(known))}")
     kwargs: dict[str, Any] = dict(_DEFAULTS.get(model, {}))
     seed_param = spec.seed_param if spec is not None else "random_state"
-    if seed is not None and seed_param in known and seed_param not in params:
+    if (
+        seed is not None
+        and seed_param is not None
+        and seed_param in known
+        and seed_param not in params
+    ):
         kwargs[seed_param] = seed
     if class_weight is not None:
         if task != "classification":
