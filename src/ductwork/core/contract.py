@@ -137,6 +137,9 @@ class Inputs(Mapping[str, InputArtifact]):
             msg = f"no input named '{key}' (inputs: {known})"
             raise UsageError(msg) from None
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 

@@ -108,7 +108,8 @@ class BundleMeta(BaseModel):
 
     @property
     def proba_columns(self) -> list[str]:
-        return [proba_column(c) for c in self.classes or []]
+        """The class-probability columns of the output (none for models without them)."""
+        return [c for c in self.output_schema if c.startswith(PROBA_PREFIX)]
 
 
 def proba_column(label: Any) -> str:
@@ -222,9 +223,9 @@ class Bundle:
         if X.height == 0:
             return pl.DataFrame(schema=self.output_polars_schema())
         columns: dict[str, Any] = {}
-        if self.meta.task == "classification" and hasattr(model, "predict_proba"):
+        if self.meta.proba_columns:
             proba = np.asarray(model.predict_proba(X), dtype=np.float64)
-            classes = list(model.classes_)
+            classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
             labels = np.asarray(classes, dtype=object)[np.argmax(proba, axis=1)]
             columns[PREDICTION] = list(labels)
             for i, label in enumerate(classes):

@@ -1,0 +1,194 @@
+"""The train stage: bundles that predict what the fitted model does, selection, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+
+from ductwork.errors import DataError, UsageError
+from ductwork.ml.bundle import Bundle
+from ductwork.testing import run_stage
+
+
+def _frame(loader, target: str = "target") -> pl.DataFrame:  # type: ignore[no-untyped-def]
+    data = loader(as_frame=True)
+    df = pl.from_pandas(data.frame)
+    return df.rename({c: c.replace(" ", "_") for c in df.columns})
+
+
+@pytest.fixture(scope="module")
+def cancer() -> tuple[pl.DataFrame, pl.DataFrame]:
+    df = _frame(load_breast_cancer).with_columns(pl.col("target").cast(pl.Boolean))
+    df = df.sample(fraction=1.0, shuffle=True, seed=1)
+    return df.head(450), df.tail(df.height - 450)
+
+
+def test_bundle_predicts_like_the_fitted_model_and_records_its_contract(
+    cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    train, val = cancer
+    out = run_stage(
+        "train",
+        {"target": "target", "model": "logistic_regression"},
+        {"train": train, "val": val},
+        tmp_path,
+    )
+    bundle = Bundle.load(out.values["bundle"])
+    meta = bundle.meta
+    assert meta.task == "classification"
+    assert meta.classes == [False, True]
+    assert meta.input_columns == [c for c in train.columns if c != "target"]
+    assert meta.files["model.skops"] == out.values["scores"]["model_id"][:12] or meta.model_id
+    # reference statistics cover every input column, with real quantiles
+    ref = meta.reference["features"]["mean_radius"]
+    assert ref["quantiles"]["0.5"] == pytest.approx(train["mean_radius"].median(), rel=0.05)
+    # the val score is the real roc_auc of the model on val
+    from sklearn.metrics import roc_auc_score
+
+    pred = bundle.predict(val)
+    auc = roc_auc_score(val["target"].to_numpy(), pred["proba_true"].to_numpy())
+    assert out.values["scores"]["candidates"][0]["val"] == pytest.approx(auc)
+    assert auc > 0.95
+    assert pred["prediction"].dtype == pl.Boolean
+    np.testing.assert_allclose(pred["proba_true"] + pred["proba_false"], 1.0)
+
+
+def test_candidates_pick_the_best_by_the_declared_metric(
+    cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    train, val = cancer
+    out = run_stage(
+        "train",
+        {
+            "target": "target",
+            "candidates": [
+                "logistic_regression",
+                {"model": "random_forest", "params": {"n_estimators": 20}},
+            ],
+            "select_by": "accuracy",
+        },
+        {"train": train, "val": val},
+        tmp_path,
+    )
+    table = out.values["candidates"]
+    assert table.height == 2
+    assert table["chosen"].to_list() == [True, False]
+    best = table.row(0, named=True)
+    other = table.row(1, named=True)
+    assert best["score"] >= other["score"] - 0.001
+    assert Bundle.load(out.values["bundle"]).meta.model == best["model"]
+
+
+def test_cross_validation_scores_and_regression(tmp_path: Path) -> None:
+    df = _frame(load_diabetes)
+    out = run_stage(
+        "train",
+        {"target": "target", "model": "ridge", "cv": 3},
+        {"train": df},
+        tmp_path,
+    )
+    scores = out.values["scores"]
+    assert scores["task"] == "regression"
+    assert scores["objective"] == "rmse"
+    row = scores["candidates"][0]
+    assert 40 < row["cv_mean"] < 70  # diabetes rmse is ~55 for a linear model
+    assert row["train"] <= row["cv_mean"]
+    meta = Bundle.load(out.values["bundle"]).meta
+    assert meta.output_schema == {"prediction": "Float64"}
+
+
+@pytest.mark.parametrize("model", ["xgboost", "lightgbm", "hist_gradient_boosting"])
+def test_boosters_with_string_labels_and_early_stopping(model: str, tmp_path: Path) -> None:
+    df = _frame(load_wine).with_columns(
+        pl.col("target").replace_strict({0: "barolo", 1: "grignolino", 2: "barbera"})
+    )
+    df = df.sample(fraction=1.0, shuffle=True, seed=3)
+    train, val = df.head(130), df.tail(48)
+    params: dict[str, object] = {"target": "target", "model": model, "params": {}}
+    if model != "hist_gradient_boosting":
+        params["early_stopping_rounds"] = 5
+        params["params"] = {"n_estimators": 200}
+    out = run_stage("train", params, {"train": train, "val": val}, tmp_path)
+    bundle = Bundle.load(out.values["bundle"])
+    pred = bundle.predict(val)
+    assert set(pred["prediction"].unique().to_list()) <= {"barolo", "grignolino", "barbera"}
+    assert (pred["prediction"] == val["target"]).mean() > 0.85  # type: ignore[operator]
+    assert bundle.meta.proba_columns == ["proba_barbera", "proba_barolo", "proba_grignolino"]
+
+
+def test_a_tampered_model_file_is_refused(
+    cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    train, _ = cancer
+    out = run_stage("train", {"target": "target", "model": "ridge"}, {"train": train}, tmp_path)
+    path = Path(out.values["bundle"])
+    other = run_stage(
+        "train",
+        {"target": "target", "model": "logistic_regression"},
+        {"train": train},
+        tmp_path / "b",
+    )
+    (path / "model.skops").write_bytes((Path(other.values["bundle"]) / "model.skops").read_bytes())
+    with pytest.raises(DataError, match="changed or replaced"):
+        _ = Bundle.load(path).model
+
+
+def test_same_data_and_seed_give_the_same_bundle_bytes(
+    cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    train, _ = cancer
+    shas = []
+    for i in range(2):
+        out = run_stage(
+            "train",
+            {"target": "target", "model": "random_forest", "params": {"n_estimators": 5}},
+            {"train": train},
+            tmp_path / str(i),
+        )
+        shas.append(json.loads((Path(out.values["bundle"]) / "bundle.json").read_text())["files"])
+    assert shas[0] == shas[1]
+
+
+def test_bad_input_gets_clear_errors(
+    cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    train, _ = cancer
+    with pytest.raises(ValueError, match="did you mean 'random_forest'"):
+        run_stage(
+            "train", {"target": "target", "model": "random_forrest"}, {"train": train}, tmp_path
+        )
+    with pytest.raises(UsageError, match=r"no param 'n_estimator'.*did you mean 'n_estimators'"):
+        run_stage(
+            "train",
+            {"target": "target", "model": "random_forest", "params": {"n_estimator": 3}},
+            {"train": train},
+            tmp_path,
+        )
+    with pytest.raises(DataError, match=r"target column 'targt' not found.*did you mean 'target'"):
+        run_stage("train", {"target": "targt"}, {"train": train}, tmp_path)
+    with pytest.raises(DataError, match="one value"):
+        run_stage(
+            "train",
+            {"target": "target"},
+            {"train": train.with_columns(pl.lit(True).alias("target"))},
+            tmp_path,
+        )
+    nan_target = _frame(load_diabetes).with_columns(
+        pl.when(pl.int_range(pl.len()) == 7)
+        .then(float("nan"))
+        .otherwise(pl.col("target"))
+        .alias("target")
+    )
+    with pytest.raises(DataError, match=r"1 missing values.*row 7"):
+        run_stage("train", {"target": "target", "model": "ridge"}, {"train": nan_target}, tmp_path)
+    text = train.with_columns(pl.lit("x").alias("label"))
+    with pytest.raises(DataError, match=r"column 'label' is String.*features stage"):
+        run_stage("train", {"target": "target"}, {"train": text}, tmp_path)
