@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ductwork.config import Settings, load_settings
 from ductwork.core.contract import ArtifactInfo
@@ -39,6 +39,8 @@ from ductwork.errors import StoreError, UsageError, did_you_mean
 if TYPE_CHECKING:
     import polars as pl
 
+    from ductwork.ml.scoring_batch import ScoreSummary
+
 __all__ = [
     "Project",
     "Stage",
@@ -48,9 +50,13 @@ __all__ = [
     "gc",
     "lineage",
     "load",
+    "models",
     "open_project",
     "pipeline",
     "plan",
+    "predict",
+    "promote",
+    "rollback",
     "run",
     "runs",
     "show",
@@ -471,6 +477,60 @@ def lineage(
     return node(sha, 0)
 
 
+def predict(
+    model: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    quarantine: str | os.PathLike[str] | None = None,
+    keep: Sequence[str] = (),
+    chunk_rows: int = 250_000,
+    engine: Literal["sklearn", "onnx"] = "sklearn",
+    strict: bool = False,
+    project: str | os.PathLike[str] = ".",
+    progress: Callable[[float, float | None, str], None] | None = None,
+) -> ScoreSummary:
+    """Score a CSV or Parquet file with a model bundle into a Parquet or CSV file, in chunks.
+
+    ``model`` is a bundle directory or ``NAME@ALIAS`` / ``NAME/VERSION`` in the project's
+    registry. Rows that break the model's input contract go to ``quarantine`` (default
+    ``<output stem>.quarantine.parquet``, written only when there are any), or with ``strict``
+    the first one raises :class:`~ductwork.errors.DataError`.
+    """
+    from ductwork.ml import require_ml
+
+    require_ml("predict")
+    from ductwork.ml.scoring_batch import resolve_model, score_file
+
+    project_dir = Path(project).absolute()
+    if project_dir.is_file() or project_dir.suffix in (".yaml", ".yml"):
+        project_dir = project_dir.parent
+    _export_dotenv(project_dir / ".env")
+    if engine not in ("sklearn", "onnx"):
+        msg = f"unknown engine '{engine}'{did_you_mean(engine, ('sklearn', 'onnx'))}"
+        raise UsageError(msg, hint="Use sklearn or onnx.")
+    out = Path(output)
+    if out.suffix.lower() not in (".parquet", ".pq", ".csv", ".tsv"):
+        msg = f"cannot write predictions as '{out.suffix or out.name}'"
+        raise UsageError(msg, hint="Use an output file ending in .parquet or .csv.")
+    if quarantine is None:
+        quarantine = out.with_name(f"{out.stem}.quarantine.parquet")
+    bundle, label = resolve_model(model, project_dir=project_dir)
+    return score_file(
+        bundle,
+        input,
+        out,
+        None if strict else quarantine,
+        model_version=label,
+        keep=keep,
+        chunk_rows=chunk_rows,
+        engine=engine,
+        on_invalid="fail" if strict else "quarantine",
+        progress=progress,
+        write_empty_quarantine=False,
+    )
+
+
 def gc(
     p: Pipeline | str | os.PathLike[str], keep: int = 5, dry_run: bool = False
 ) -> dict[str, Any]:
@@ -492,3 +552,61 @@ def gc(
         "cache_entries_removed": pruned,
         **result,
     }
+
+
+# -- model registry (MLflow) --------------------------------------------------------------------
+
+
+def _project_dir(project: str | os.PathLike[str]) -> Path:
+    """A project directory from a pipeline file or a directory; its .env is exported."""
+    path = Path(project).absolute()
+    project_dir = path if path.is_dir() or not path.suffix else path.parent
+    _export_dotenv(project_dir / ".env")
+    return project_dir
+
+
+def models(
+    name: str | None = None, *, project: str | os.PathLike[str] = "."
+) -> list[dict[str, Any]]:
+    """Registered models with their aliases, or (with ``name``) the versions of one model.
+
+    The registry is MLflow's at ``MLFLOW_TRACKING_URI``, else the project's embedded one
+    (``<store>/mlflow/mlflow.db``). ``project`` is the pipeline file or its directory.
+    """
+    from ductwork.ml import require_ml
+
+    require_ml("the model registry")
+    from ductwork.ml import tracking
+
+    project_dir = _project_dir(project)
+    if name is None:
+        return tracking.list_models(project_dir)
+    return tracking.list_versions(name, project_dir)
+
+
+def promote(
+    name: str,
+    version: int,
+    *,
+    alias: str = "champion",
+    project: str | os.PathLike[str] = ".",
+) -> dict[str, Any]:
+    """Point ``name@alias`` at ``version``; ``rollback`` undoes it."""
+    from ductwork.ml import require_ml
+
+    require_ml("the model registry")
+    from ductwork.ml import tracking
+
+    return tracking.promote(name, version, alias, _project_dir(project))
+
+
+def rollback(
+    name: str, *, alias: str = "champion", project: str | os.PathLike[str] = "."
+) -> dict[str, Any]:
+    """Move ``name@alias`` back to the version it pointed at before its last move."""
+    from ductwork.ml import require_ml
+
+    require_ml("the model registry")
+    from ductwork.ml import tracking
+
+    return tracking.rollback(name, alias, _project_dir(project))

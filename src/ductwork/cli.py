@@ -492,6 +492,254 @@ def schema_cmd() -> int:
     return 0
 
 
+# -- model registry -----------------------------------------------------------------------------
+
+_PROJECT_OPTION = click.option(
+    "-p",
+    "--pipeline",
+    "project",
+    default="pipeline.yaml",
+    show_default=True,
+    type=click.Path(),
+    help="The pipeline file (or its directory): the registry is the one its project uses.",
+)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@_PROJECT_OPTION
+@json_option
+def models(name: str | None, project: str) -> int:
+    """List registered models and their aliases; with NAME, the versions of that model.
+
+    The registry is MLflow's: the tracking server in MLFLOW_TRACKING_URI, else the
+    project's embedded one (<store>/mlflow/mlflow.db, written by the register stage).
+
+    \b
+    Examples:
+      ductwork models                      every model with its aliases
+      ductwork models flight-delays        its versions: aliases, run, metrics, bundle
+      ductwork models flight-delays --json
+    """
+    from ductwork import api
+
+    items = api.models(name, project=project)
+    if use_json():
+        key = "models" if name is None else "versions"
+        _emit_json({"schema": f"ductwork.{key}/v1", "name": name, key: items})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    if name is None and not items:
+        click.echo("no registered models yet (the register stage creates them)")
+        return 0
+    if name is None:
+        t = Table(title="models", box=None, header_style="bold")
+        for col in ("name", "aliases", "latest", "updated (UTC)"):
+            t.add_column(col)
+        for m in items:
+            aliases = ", ".join(f"{a}→v{v}" for a, v in m["aliases"].items())
+            latest = "" if m["latest_version"] is None else f"v{m['latest_version']}"
+            t.add_row(m["name"], aliases or "-", latest, m["updated"].replace("T", " ")[:16])
+    else:
+        t = Table(title=name, box=None, header_style="bold")
+        for col in ("version", "aliases", "created (UTC)", "metrics", "ductwork run", "bundle"):
+            t.add_column(col)
+        for v in items:
+            t.add_row(
+                f"v{v['version']}",
+                ", ".join(v["aliases"]) or "-",
+                v["created"].replace("T", " ")[:16],
+                _key_metrics(v["metrics"]),
+                v["ductwork_run_id"] or "-",
+                (v["bundle_sha256"] or "-")[:12],
+            )
+    Console().print(t)
+    return 0
+
+
+_KEY_METRICS = ("roc_auc", "accuracy", "f1", "pr_auc", "rmse", "mae", "r2", "latency_p95_ms")
+
+
+def _key_metrics(metrics: dict[str, float], n: int = 3) -> str:
+    keys = [k for k in _KEY_METRICS if k in metrics] + sorted(
+        k for k in metrics if k not in _KEY_METRICS
+    )
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys[:n]) or "-"
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--alias", default="champion", show_default=True, help="The alias to move.")
+@_PROJECT_OPTION
+@json_option
+def promote(name: str, version: int, alias: str, project: str) -> int:
+    """Point NAME@ALIAS (default: champion) at VERSION.
+
+    Serving and batch prediction that load NAME@champion pick the version up on their next
+    load. Every move is recorded, so `ductwork rollback` can undo it.
+
+    \b
+    Examples:
+      ductwork promote flight-delays 3                  flight-delays@champion -> v3
+      ductwork promote flight-delays 4 --alias staging
+    """
+    from ductwork import api
+
+    result = api.promote(name, version, alias=alias, project=project)
+    _render_alias_move(result)
+    return 0
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--alias", default="champion", show_default=True, help="The alias to move back.")
+@_PROJECT_OPTION
+@json_option
+def rollback(name: str, alias: str, project: str) -> int:
+    """Move NAME@ALIAS back to the version it pointed at before its last promotion.
+
+    \b
+    Examples:
+      ductwork rollback flight-delays                   champion back to the previous version
+      ductwork rollback flight-delays --alias staging
+    """
+    from ductwork import api
+
+    result = api.rollback(name, alias=alias, project=project)
+    _render_alias_move(result)
+    return 0
+
+
+def _render_alias_move(result: dict[str, Any]) -> None:
+    if use_json():
+        _emit_json({"schema": "ductwork.alias/v1", **result})
+        return
+    where = f"{result['name']}@{result['alias']}"
+    if not result["changed"]:
+        click.echo(f"{where} already points at version {result['version']}")
+        return
+    before = f"version {result['previous']}" if result["previous"] is not None else "no version"
+    click.echo(f"{where}: {before} -> version {result['version']}")
+
+
+# -- batch prediction --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "-m", "--model", "model_ref", required=True, metavar="NAME@ALIAS|PATH", help="The model."
+)
+@click.option(
+    "-i",
+    "--input",
+    "input_file",
+    required=True,
+    type=click.Path(exists=True),
+    help="Rows to score: .parquet or .csv.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Predictions: .parquet or .csv.",
+)
+@click.option(
+    "--quarantine",
+    type=click.Path(dir_okay=False),
+    help="Rows the model cannot score (default: <output stem>.quarantine.parquet, if any).",
+)
+@click.option("--keep", multiple=True, metavar="COLUMN", help="Copy an input column (repeatable).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=250_000, show_default=True)
+@click.option(
+    "--engine", type=click.Choice(["sklearn", "onnx"]), default="sklearn", show_default=True
+)
+@click.option("--strict", is_flag=True, help="Stop at the first invalid row (exit 2).")
+@click.option(
+    "-p",
+    "--pipeline",
+    "project",
+    default="pipeline.yaml",
+    show_default=True,
+    type=click.Path(),
+    help="The pipeline file (or its directory) whose registry NAME@ALIAS is looked up in.",
+)
+@json_option
+def predict(
+    model_ref: str,
+    input_file: str,
+    output_file: str,
+    quarantine: str | None,
+    keep: tuple[str, ...],
+    chunk_rows: int,
+    engine: str,
+    strict: bool,
+    project: str,
+) -> int:
+    """Score a file with a model bundle, in chunks (memory stays bounded).
+
+    Rows that break the model's input contract (an unknown category, text in a numeric
+    column, a null where training had none) are quarantined with the reasons, or stop the
+    run with --strict. The output has the --keep columns, prediction, proba_<class> and
+    model_version.
+
+    \b
+    Examples:
+      ductwork predict --model flight-delays@champion --input new.parquet --output scored.parquet
+      ductwork predict -m .ductwork/models/flight-delays/3 -i new.csv -o scored.csv --keep id
+    """
+    from ductwork import api
+
+    kwargs: dict[str, Any] = {
+        "quarantine": quarantine,
+        "keep": keep,
+        "chunk_rows": chunk_rows,
+        "engine": engine,
+        "strict": strict,
+        "project": project,
+    }
+    if use_json() or not sys.stderr.isatty():
+        summary = api.predict(model_ref, input_file, output_file, **kwargs)
+    else:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        columns = (
+            TextColumn("predict"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.completed:,.0f} rows · {task.fields[rate]}"),
+        )
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("predict", total=None, rate="")
+
+            def progress(done: float, total: float | None, unit: str) -> None:
+                elapsed = bar.tasks[0].elapsed or 0.0
+                rate = f"{done / elapsed:,.0f} {unit}/s" if elapsed > 0 else ""
+                bar.update(task, completed=done, total=total, rate=rate)
+
+            summary = api.predict(model_ref, input_file, output_file, progress=progress, **kwargs)
+    if use_json():
+        _emit_json({"schema": "ductwork.predict/v1", **summary.to_dict()})
+        return 0
+    click.echo(
+        f"scored {summary.rows_scored:,} of {summary.rows_in:,} rows with {summary.model_version} "
+        f"({summary.engine}) in {summary.seconds:.1f} s ({summary.rows_per_s:,.0f} rows/s) "
+        f"→ {summary.output}"
+    )
+    if summary.quarantine:
+        reasons = ", ".join(f"{reason} ({n:,})" for reason, n in summary.reasons.items())
+        click.echo(
+            f"quarantined {summary.rows_quarantined:,} rows → {summary.quarantine}: {reasons}"
+        )
+    else:
+        click.echo("no rows quarantined (no quarantine file written)")
+    return 0
+
+
 # -- plumbing -----------------------------------------------------------------------------------
 
 
