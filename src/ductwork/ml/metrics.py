@@ -401,14 +401,22 @@ def sample_rows(n: int, k: int, seed: int) -> np.ndarray:
 
 
 def single_row_latency(predict_one: Callable[[int], Any], positions: Sequence[int]) -> Latency:
-    """Time ``predict_one(position)`` for every position (after one untimed warm-up call)."""
+    """Time ``predict_one(position)`` for every position (after one untimed warm-up call).
+
+    Calls run with one BLAS/OpenMP thread, as a server scoring one request does: a thread pool
+    woken for a single row costs more than it saves, and on a busy machine its spin-waits
+    turn a millisecond into a second.
+    """
+    from threadpoolctl import threadpool_limits
+
     if len(positions) == 0:
         return Latency(0.0, 0.0, 0)
-    predict_one(int(positions[0]))
     times = np.empty(len(positions), dtype=np.float64)
-    for i, pos in enumerate(positions):
-        start = time.perf_counter_ns()
-        predict_one(int(pos))
-        times[i] = (time.perf_counter_ns() - start) / 1e6
+    with threadpool_limits(limits=1):
+        predict_one(int(positions[0]))
+        for i, pos in enumerate(positions):
+            start = time.perf_counter_ns()
+            predict_one(int(pos))
+            times[i] = (time.perf_counter_ns() - start) / 1e6
     p50, p95 = np.percentile(times, [50, 95])
     return Latency(float(p50), float(p95), len(positions))

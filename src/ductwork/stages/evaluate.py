@@ -151,12 +151,17 @@ class Evaluate(StageKind[EvaluateParams]):
         return h.hexdigest()
 
     def source_stamp(self, params: EvaluateParams, ctx: StageContext) -> str | None:
-        """The champion's model id, so a newly promoted champion re-runs the comparison."""
+        """What the champion is now, so a newly promoted champion re-runs the comparison."""
         if params.champion is None:
             return ""
         try:
-            from ductwork.ml.resolve import load_bundle
+            from ductwork.ml.resolve import is_registry_ref, load_bundle
 
+            if is_registry_ref(params.champion):
+                from ductwork.ml.tracking import registry_stamp
+
+                stamp = registry_stamp(params.champion, ctx.project_dir)
+                return f"champion:{stamp}" if stamp else ""
             champion = load_bundle(params.champion, project_dir=ctx.project_dir, missing_ok=True)
         except Exception:  # unresolvable now: run() reports why
             return ""
@@ -515,12 +520,14 @@ def _importance(
     import warnings
 
     from sklearn.inspection import permutation_importance
+    from threadpoolctl import threadpool_limits
 
     from ductwork.ml import metrics as M
 
     positions = M.sample_rows(x.height, params.importance_rows, params.seed)
     sample = x[positions.tolist()]
-    with warnings.catch_warnings():
+    # a few thousand rows per call: one thread beats waking a pool once per tree
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")
         result = permutation_importance(
             bundle.model,
