@@ -77,6 +77,32 @@ def flights_project(tmp_path: Path, flights_data: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def demo_once(
+    tmp_path_factory: pytest.TempPathFactory, flights_data: Path
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The whole flights demo (ETL and the delay classifier) run once, through the CLI.
+
+    Returns the project directory (store, MLflow registry and outputs included) and the JSON
+    lines of that first run. Tests copy the directory (see ``demo_copy``) rather than run the
+    demo again: a copy is cached end to end, because fingerprints hold no absolute paths.
+    """
+    project = tmp_path_factory.mktemp("flights-demo")
+    shutil.copy(FLIGHTS / "pipeline.yaml", project / "pipeline.yaml")
+    shutil.copytree(flights_data, project / "data")
+    code, lines = Cli(project).json_lines("run", timeout=900)
+    assert code == 0, lines[-1] if lines else "no output"
+    return project, lines
+
+
+@pytest.fixture
+def demo_copy(tmp_path: Path, demo_once: tuple[Path, list[dict[str, Any]]]) -> Cli:
+    """A private copy of the finished demo project, to change and re-run."""
+    project = tmp_path / "flights"
+    shutil.copytree(demo_once[0], project)
+    return Cli(project)
+
+
 def statuses(summary: dict[str, Any]) -> dict[str, str]:
     return {s["stage"]: s["status"] for s in summary["stages"]}
 

@@ -179,6 +179,8 @@ class StageContext:
     store_dir: Path | None = None  # the artifact store's root (default <project>/.ductwork)
     pipeline: str = ""  # the pipeline's name
     fingerprint: str = ""  # this stage run's fingerprint
+    # the input artifacts' manifests, by input name (what source_stamp may compare against)
+    input_infos: Mapping[str, ArtifactInfo] = field(default_factory=dict)
 
     @property
     def store_root(self) -> Path:

@@ -146,6 +146,7 @@ class Runner:
             allow_outside_project=self.pipeline.allow_outside_project,
             store_dir=self.store.root,
             pipeline=self.pipeline.name,
+            input_infos=inputs,
         )
         source = kind.source_stamp(node.params, ctx)
         code = kind.code_stamp(node.params)

@@ -161,6 +161,9 @@ class Evaluate(StageKind[EvaluateParams]):
                 from ductwork.ml.tracking import registry_stamp
 
                 stamp = registry_stamp(params.champion, ctx.project_dir)
+                model = ctx.input_infos.get("model")
+                if model is not None and stamp.endswith(f":{model.sha256}"):
+                    return ""  # the champion is this very model (registered by a past run)
                 return f"champion:{stamp}" if stamp else ""
             champion = load_bundle(params.champion, project_dir=ctx.project_dir, missing_ok=True)
         except Exception:  # unresolvable now: run() reports why
