@@ -23,6 +23,7 @@ on: it is read back from disk and must predict exactly what the fitted object in
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -413,6 +414,7 @@ class Train(StageKind[TrainParams]):
             if Xt_val is None or y_val is None:
                 msg = f"stage '{ctx.stage}': early_stopping_rounds needs a non-empty val input"
                 raise DataError(msg)
+            # eval_set, not LightGBM 4.7's eval_X/eval_y: those skip its label encoding
             fit_kwargs["eval_set"] = [(Xt_val, y_val.to_numpy())]
             if kind == "xgboost":
                 fit_kwargs["verbose"] = False
@@ -423,7 +425,9 @@ class Train(StageKind[TrainParams]):
                     lightgbm.early_stopping(params.early_stopping_rounds, verbose=False)
                 ]
         try:
-            est.fit(Xt, y.to_numpy(), **fit_kwargs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*'eval_set' is deprecated")
+                est.fit(Xt, y.to_numpy(), **fit_kwargs)
         except ValueError as exc:
             msg = f"stage '{ctx.stage}': model '{model}' could not be fitted: {exc}"
             raise DataError(msg) from None
