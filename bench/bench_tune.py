@@ -1,0 +1,211 @@
+"""Tuning: the tune stage with n_jobs=2 vs n_jobs=1 on the same 16 trials, and plain Optuna.
+
+Data: scikit-learn's breast cancer table (569 real tumours, 30 features). Model: random forest
+(150 trees, estimator n_jobs=1 so two parallel trials use the 2 cores without oversubscribing),
+5-fold cross-validation, roc_auc; search space max_depth, min_samples_leaf, max_features,
+criterion; 16 trials, TPE seed 7, pruner none (every trial does the full work). A trial takes
+about 0.5-1 s.
+
+Each measurement is one fresh process (imports not timed): the tune stage through
+``ductwork.testing.run_stage`` (a new store each time: the study starts empty; the timed region
+covers data preparation, the trials in the default journal storage, the trials table and the
+plots), and, for reference, plain Optuna with in-memory storage and ``cross_val_score`` on the
+same data and space. Runs are interleaved across configurations; the median is reported.
+
+Note: TPE's proposals depend on the order trials finish, so with n_jobs=2 the 16 trials are
+drawn from the same space and seed but are not identical; the summed trial time is reported
+next to the wall time so the work can be compared.
+
+    python bench/bench_tune.py [--repeat 3] [--trials 16] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+SEED = 7
+TREES = 150
+FOLDS = 5
+SPACE: dict[str, Any] = {
+    "max_depth": {"low": 3, "high": 12},
+    "min_samples_leaf": {"low": 1, "high": 8},
+    "max_features": {"low": 0.2, "high": 0.8},
+    "criterion": {"choices": ["gini", "entropy"]},
+}
+
+
+def data() -> Any:
+    import polars as pl
+    from sklearn.datasets import load_breast_cancer
+
+    return pl.from_pandas(load_breast_cancer(as_frame=True).frame)
+
+
+def child_ductwork(n_jobs: int, trials: int) -> dict[str, Any]:
+    from ductwork.testing import run_stage
+
+    frame = data()
+    params = {
+        "target": "target",
+        "model": "random_forest",
+        "params": {"n_estimators": TREES, "n_jobs": 1},
+        "search_space": SPACE,
+        "n_trials": trials,
+        "cv": FOLDS,
+        "metric": "roc_auc",
+        "pruner": "none",
+        "n_jobs": n_jobs,
+        "seed": SEED,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = run_stage("tune", params, {"train": frame}, Path(tmp), stage="tune")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    trials_table = out.values["trials"]
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "trial_sum": float(trials_table["duration_s"].sum()),
+        "complete": int((trials_table["state"] == "COMPLETE").sum()),
+        "best": out.values["best_params"]["value"],
+    }
+
+
+def child_plain(n_jobs: int, trials: int) -> dict[str, Any]:
+    import optuna
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    frame = data()
+    X = frame.drop("target").to_numpy()
+    y = frame["target"].to_numpy()
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=SEED)
+
+    def objective(trial: optuna.Trial) -> float:
+        model = RandomForestClassifier(
+            n_estimators=TREES,
+            n_jobs=1,
+            random_state=SEED,
+            max_depth=trial.suggest_int("max_depth", 3, 12),
+            min_samples_leaf=trial.suggest_int("min_samples_leaf", 1, 8),
+            max_features=trial.suggest_float("max_features", 0.2, 0.8),
+            criterion=trial.suggest_categorical("criterion", ["gini", "entropy"]),
+        )
+        return float(cross_val_score(model, X, y, cv=folds, scoring="roc_auc").mean())
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=SEED))
+    study.optimize(objective, n_trials=trials, n_jobs=n_jobs)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    durations = [t.duration.total_seconds() for t in study.trials if t.duration is not None]
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "trial_sum": sum(durations),
+        "complete": len(durations),
+        "best": study.best_value,
+    }
+
+
+def run_child(tool: str, n_jobs: int, trials: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        tool,
+        "--n-jobs",
+        str(n_jobs),
+        "--trials",
+        str(trials),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--child", choices=["ductwork", "plain"])
+    ap.add_argument("--n-jobs", type=int, default=1)
+    args = ap.parse_args()
+    if args.child:
+        fn = child_ductwork if args.child == "ductwork" else child_plain
+        print(json.dumps(fn(args.n_jobs, args.trials)))
+        return
+
+    configs = [("ductwork", 1), ("ductwork", 2), ("plain", 1), ("plain", 2)]
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {c: [] for c in configs}
+    for i in range(args.repeat):
+        for tool, n_jobs in configs:
+            r = run_child(tool, n_jobs, args.trials)
+            runs[(tool, n_jobs)].append(r)
+            print(
+                f"run {i + 1}/{args.repeat} {tool} n_jobs={n_jobs}: {r['wall']:.2f} s wall, "
+                f"{r['trial_sum']:.2f} s in trials, best {r['best']:.4f}",
+                flush=True,
+            )
+
+    def med(tool: str, n_jobs: int, key: str) -> float:
+        return statistics.median(r[key] for r in runs[(tool, n_jobs)])
+
+    rows: list[list[object]] = []
+    for tool, n_jobs in configs:
+        wall = med(tool, n_jobs, "wall")
+        label = "ductwork tune stage" if tool == "ductwork" else "plain Optuna (in-memory storage)"
+        ratio = ""
+        if n_jobs == 2:
+            ratio = f"{med(tool, 1, 'wall') / wall:.2f}x speedup vs n_jobs=1"
+        elif tool == "ductwork":
+            ratio = f"{wall / med('plain', 1, 'wall'):.2f}x plain Optuna n_jobs=1"
+        rows.append(
+            [
+                f"{label}, n_jobs={n_jobs}",
+                f"{wall:.2f}",
+                f"{med(tool, n_jobs, 'trial_sum'):.2f}",
+                f"{med(tool, n_jobs, 'cpu'):.2f}",
+                f"{med(tool, n_jobs, 'trial_sum') / args.trials:.2f}",
+                ratio,
+            ]
+        )
+    from _results import machine, table, write_section
+
+    body = "## Tuning: parallel trials (bench/bench_tune.py)\n\n"
+    body += (
+        f"Re-run: `python bench/bench_tune.py --repeat {args.repeat}` · median of "
+        f"{args.repeat} · {machine()}\n\n"
+    )
+    body += (
+        f"breast cancer (569 rows, 30 features), random forest ({TREES} trees, estimator "
+        f"n_jobs=1), {FOLDS}-fold CV roc_auc, {args.trials} trials, TPE seed {SEED}, no pruning; "
+        "max_depth, min_samples_leaf, max_features, criterion searched. Each run a fresh "
+        "process and a fresh store (imports not timed). With n_jobs=2 TPE sees trials finish "
+        "in another order, so the parameters drawn differ slightly: the trial-time column "
+        "shows the work done.\n\n"
+    )
+    body += table(
+        ["configuration", "wall s", "sum of trial s", "CPU s", "s per trial", "ratio"], rows
+    )
+    print(body)
+    if not args.no_write:
+        write_section("tune", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,748 @@
+"""Hyperparameter search with Optuna: the engine of the ``tune`` stage kind.
+
+:func:`tune` prepares the evaluation data once (cross-validation folds of train, with the
+feature transform refitted within each fold, or train and val), opens or resumes the study in
+Optuna storage, runs the trials the study still needs, and returns the best params and the
+trials table; :func:`write_plots` draws the optimization history and the parameter importances.
+
+Storage: by default one journal file per study under ``<store>/optuna/``
+(``JournalStorage(JournalFileBackend(...))``): appends under a file lock, safe for parallel
+trials in one process (``n_jobs``) and for several processes on one host, and several times
+cheaper per trial than SQLite through ``RDBStorage`` (SQLite is not meant for concurrent
+writers). A database URL (``postgresql://...``, ``mysql://...``, ``sqlite:///file.db``) uses
+``RDBStorage``; SQLite files get a 60 s lock timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import optuna
+import polars as pl
+from optuna.trial import FrozenTrial, TrialState
+
+from ductwork.errors import DataError, DuctworkError, SourceError, UsageError
+from ductwork.ml import estimators
+from ductwork.ml.scoring import Objective, default_objective, objective, score
+
+if TYPE_CHECKING:
+    from ductwork.core.contract import StageContext
+    from ductwork.stages.tune import SearchParam, TuneParams
+
+STORE_DIR = "optuna"
+HISTORY_PNG = "optimization_history.png"
+IMPORTANCES_PNG = "param_importances.png"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# scikit-learn scorers that only take two classes
+_BINARY_SCORERS = ("roc_auc", "average_precision", "f1", "precision", "recall")
+_MAX_LOGGED_WARNINGS = 20
+
+Matrix = Any  # a numpy array (or a scipy sparse matrix from a transform)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One train/score pair of the evaluation, features already computed."""
+
+    X_train: Matrix
+    y_train: np.ndarray
+    X_score: Matrix
+    y_score: np.ndarray
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How trials are scored: ``cv`` folds of train, or train -> val (one fold)."""
+
+    mode: Literal["cv", "val"]
+    folds: list[Fold]
+    task: estimators.Task
+    classes: list[Any]  # the target's classes (classification), in encoded order
+
+
+@dataclass
+class TuneResult:
+    study: optuna.Study
+    metric: Objective
+    best_params: dict[str, Any]
+    trials: pl.DataFrame
+    ran: int  # trials started by this run
+
+
+# ----------------------------------------------------------------------------- the search
+def tune(
+    params: TuneParams,
+    *,
+    train: pl.DataFrame,
+    val: pl.DataFrame | None,
+    transform: Path | None,
+    study_name: str,
+    ctx: StageContext,
+) -> TuneResult:
+    """Run the trials ``study_name`` still needs and return the study's best params."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stage = ctx.stage
+    evaluation = prepare(params, train=train, val=val, transform=transform, stage=stage, ctx=ctx)
+    task = evaluation.task
+    metric = _objective(params, task, len(evaluation.classes), stage)
+    _check_search_names(params, task, stage)
+
+    storage, shown = open_storage(params, ctx, study_name)
+    study = _open_study(storage, study_name, metric, stage, shown)
+    existing = study.get_trials(deepcopy=False)
+    done = sum(t.state in FINISHED for t in existing)
+    remaining = max(0, params.n_trials - done)
+    # a resumed study continues the sampler's stream instead of replaying its first draws
+    study.sampler = optuna.samplers.TPESampler(seed=(params.seed + len(existing)) % 2**32)
+    study.pruner = (
+        optuna.pruners.MedianPruner()
+        if params.pruner == "median" and evaluation.mode == "cv"
+        else optuna.pruners.NopPruner()
+    )
+    if done:
+        ctx.log(f"study '{study_name}' has {done} finished trials; running {remaining} more")
+    if params.pruner == "median" and evaluation.mode == "val":
+        ctx.log("pruner: median needs cv folds to compare; scoring on val prunes nothing")
+
+    ctx.progress(min(done, params.n_trials), params.n_trials, "trials")
+    if remaining:
+        _optimize(study, params, evaluation, metric, remaining, done, ctx)
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise _no_complete_trial(trials, stage, study_name)
+    best = study.best_trial
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    ctx.metric(
+        study=study_name,
+        trials_run=len(trials) - len(existing),
+        trials_total=len(trials),
+        complete=counts["complete"],
+        pruned=counts["pruned"],
+        failed=counts["fail"],
+        best_value=best.value,
+        best_trial=best.number,
+    )
+    best_params = {
+        "params": {**params.params, **best.params},
+        "searched": sorted(params.search_space),
+        "model": params.model,
+        "task": task,
+        "metric": metric.name,
+        "direction": metric.direction,
+        "value": best.value,
+        "trial": best.number,
+        "study": study_name,
+        "storage": shown,
+        "n_trials_total": len(trials),
+        "n_complete": counts["complete"],
+        "n_pruned": counts["pruned"],
+        "n_failed": counts["fail"],
+        "cv": params.cv,
+    }
+    return TuneResult(
+        study=study,
+        metric=metric,
+        best_params=best_params,
+        trials=trials_table(trials, list(params.search_space)),
+        ran=len(trials) - len(existing),
+    )
+
+
+def _optimize(
+    study: optuna.Study,
+    params: TuneParams,
+    evaluation: Evaluation,
+    metric: Objective,
+    remaining: int,
+    done: int,
+    ctx: StageContext,
+) -> None:
+    lock = threading.Lock()
+    finished = [done]
+
+    def report(_: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state in FINISHED:
+            with lock:
+                finished[0] += 1
+                ctx.progress(min(finished[0], params.n_trials), params.n_trials, "trials")
+
+    objective_fn = make_objective(params, evaluation, metric)
+    # failed trials are logged here, one line each, instead of by Optuna with a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            study.optimize(
+                objective_fn,
+                n_trials=remaining,
+                timeout=params.timeout,
+                n_jobs=params.n_jobs,
+                catch=(ValueError,),
+                callbacks=[report],
+            )
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _log_failures(ctx, study, first=done)
+    _log_warnings(ctx, caught)
+
+
+def make_objective(
+    params: TuneParams, evaluation: Evaluation, metric: Objective
+) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective: the metric (in its own sign) averaged over the folds.
+
+    With ``n_jobs`` parallel trials, each trial gets ``cores // n_jobs`` threads: OpenMP
+    (HistGradientBoosting, LightGBM) is limited in the trial's thread, and an estimator
+    ``n_jobs`` the user did not set is set to it (XGBoost would take every core otherwise).
+    """
+    from sklearn.base import clone
+    from threadpoolctl import threadpool_limits
+
+    space = params.search_space
+    template = estimators.build(
+        params.model,
+        {**params.params, **{n: s.example() for n, s in space.items()}},
+        evaluation.task,
+        seed=params.seed,
+    )
+    threads = max(1, cpu_count() // params.n_jobs) if params.n_jobs > 1 else None
+    if (
+        threads is not None
+        and "n_jobs" in template.get_params(deep=False)
+        and "n_jobs" not in params.params
+        and "n_jobs" not in space
+    ):
+        template.set_params(n_jobs=threads)
+    prune = params.pruner == "median" and evaluation.mode == "cv"
+
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {name: suggest(trial, name, spec) for name, spec in space.items()}
+        model = clone(template).set_params(**values)
+        scores: list[float] = []
+        for step, fold in enumerate(evaluation.folds):
+            try:
+                with (
+                    threadpool_limits(threads, user_api="openmp")
+                    if threads is not None
+                    else contextlib.nullcontext()
+                ):
+                    fitted = clone(model).fit(fold.X_train, fold.y_train)
+                    scores.append(score(metric, fitted, fold.X_score, fold.y_score))
+            except (ValueError, AttributeError) as exc:  # a bad combination of params, or
+                # a metric the model cannot give (log_loss without predict_proba): a FAIL trial
+                trial.set_user_attr("error", f"{type(exc).__name__}: {_first_line(exc)}")
+                raise ValueError(str(exc)) from None
+            if prune:
+                trial.report(float(np.mean(scores)), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned
+        return float(np.mean(scores))
+
+    return run_trial
+
+
+def cpu_count() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def suggest(trial: optuna.Trial, name: str, spec: SearchParam) -> Any:
+    """Draw one value of ``spec`` through Optuna's suggest API."""
+    if spec.type == "categorical":
+        return trial.suggest_categorical(name, list(spec.choices or []))
+    assert spec.low is not None and spec.high is not None
+    if spec.type == "int":
+        return trial.suggest_int(
+            name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log
+        )
+    return trial.suggest_float(
+        name, float(spec.low), float(spec.high), step=spec.step, log=spec.log
+    )
+
+
+# ----------------------------------------------------------------------------- data
+def prepare(
+    params: TuneParams,
+    *,
+    train: pl.DataFrame,
+    val: pl.DataFrame | None,
+    transform: Path | None,
+    stage: str,
+    ctx: StageContext | None = None,
+) -> Evaluation:
+    """The folds every trial is scored on, features computed once per fold."""
+    from ductwork.ml.features import split_xy
+
+    if train.height == 0:
+        msg = f"stage '{stage}': the train input has no rows; there is nothing to tune on"
+        raise DataError(msg)
+    X, y_series = split_xy(train, params.target, stage)
+    assert y_series is not None
+    task = params.task or _infer_task(y_series, stage)
+    y_raw = y_series.to_numpy()
+    y, classes = _encode(y_series, task, stage)
+
+    fitted: Any = None
+    if transform is not None:
+        from ductwork.ml.features import load_transform
+
+        fitted, _ = load_transform(transform)
+    else:
+        _require_numeric(X, stage)
+
+    if params.cv:
+        if val is not None and val.height and ctx is not None:
+            ctx.log(f"cv: {params.cv} folds of train; the val input is not used")
+        folds = []
+        for train_idx, score_idx in _splitter(params, task, y, stage).split(np.zeros(len(y)), y):
+            folds.append(
+                _fold(
+                    fitted,
+                    X[train_idx],
+                    y_raw[train_idx],
+                    y[train_idx],
+                    X[score_idx],
+                    y[score_idx],
+                    stage,
+                    refit=True,
+                )
+            )
+        return Evaluation("cv", folds, task, classes)
+
+    if val is None or val.height == 0:
+        msg = (
+            f"stage '{stage}': nothing to score trials on: cv is 0 and the val input is "
+            f"{'missing' if val is None else 'empty'}"
+        )
+        hint = (
+            "Set cv: 5 (cross-validation on train), or give a non-empty val split: "
+            "inputs: {train: split.train, val: split.val}"
+        )
+        raise DataError(msg, hint=hint)
+    try:
+        X_val, y_val_series = split_xy(val, params.target, stage)
+    except DataError as exc:
+        msg = exc.message.replace(f"stage '{stage}':", f"stage '{stage}' (val input):", 1)
+        raise DataError(msg, hint=exc.hint) from None
+    assert y_val_series is not None
+    if transform is None:
+        _require_numeric(X_val, stage)
+    missing = [c for c in X.columns if c not in X_val.columns]
+    if missing:
+        msg = f"stage '{stage}': the val input has no column '{missing[0]}' (train has it)"
+        raise DataError(msg)
+    y_val = _encode_like(y_val_series, task, classes, stage)
+    fold = _fold(fitted, X, y_raw, y, X_val.select(X.columns), y_val, stage, refit=False)
+    return Evaluation("val", [fold], task, classes)
+
+
+def _fold(
+    fitted: Any,
+    X_train: pl.DataFrame,
+    y_train_raw: np.ndarray,
+    y_train: np.ndarray,
+    X_score: pl.DataFrame,
+    y_score: np.ndarray,
+    stage: str,
+    *,
+    refit: bool,
+) -> Fold:
+    """Features for one fold: with ``refit`` the transform is refitted on the fold's train rows
+    (cross-validation: no leakage into the fold's score), else used as fitted (val split: the
+    features train will see)."""
+    if fitted is None:
+        return Fold(_matrix(X_train), y_train, _matrix(X_score), y_score)
+    try:
+        if refit:
+            from sklearn.base import clone
+
+            transform = clone(fitted)
+            # fit_transform, not fit().transform(): target encoding cross-fits the train rows
+            A = transform.fit_transform(X_train, y_train_raw)
+        else:
+            transform = fitted
+            A = transform.transform(X_train)
+        B = transform.transform(X_score)
+    except DataError as exc:
+        msg = f"stage '{stage}': the feature transform failed: {exc.message}"
+        raise DataError(msg, hint=exc.hint) from None
+    return Fold(_matrix(A), y_train, _matrix(B), y_score)
+
+
+def _matrix(X: Any) -> Matrix:
+    if isinstance(X, pl.DataFrame):
+        return X.select(pl.all().cast(pl.Float64)).to_numpy()
+    if hasattr(X, "to_numpy"):
+        return X.to_numpy(dtype=np.float64)
+    if hasattr(X, "tocsr"):  # scipy sparse
+        return X.tocsr()
+    return np.asarray(X, dtype=np.float64)
+
+
+def _require_numeric(X: pl.DataFrame, stage: str) -> None:
+    for name, dtype in X.schema.items():
+        if not (dtype.is_numeric() or dtype == pl.Boolean):
+            msg = (
+                f"stage '{stage}': column '{name}' is {dtype}, not a number; without a "
+                "transform input every column but the target is a model feature"
+            )
+            hint = (
+                "Add a features stage that encodes it (or drops it) and pass its transform: "
+                "inputs: {train: split.train, val: split.val, transform: features.transform}"
+            )
+            raise DataError(msg, hint=hint)
+
+
+def _infer_task(y: pl.Series, stage: str) -> estimators.Task:
+    try:
+        return estimators.infer_task(y)
+    except DataError as exc:
+        msg = f"stage '{stage}': {exc.message}"
+        raise DataError(msg, hint=exc.hint) from None
+
+
+def _encode(y: pl.Series, task: str, stage: str) -> tuple[np.ndarray, list[Any]]:
+    """Classes as 0..n-1 in sorted order (so binary metrics score the last class)."""
+    if task == "regression":
+        if not (y.dtype.is_numeric() or y.dtype == pl.Boolean):
+            msg = f"stage '{stage}': task is regression, but target '{y.name}' is {y.dtype}"
+            raise DataError(msg)
+        return y.cast(pl.Float64).to_numpy(), []
+    classes = y.unique().sort().to_list()
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index[v] for v in y.to_list()], dtype=np.int64), classes
+
+
+def _encode_like(y: pl.Series, task: str, classes: list[Any], stage: str) -> np.ndarray:
+    if task == "regression":
+        return _encode(y, task, stage)[0]
+    index = {c: i for i, c in enumerate(classes)}
+    unseen = [v for v in y.unique().to_list() if v not in index]
+    if unseen:
+        msg = (
+            f"stage '{stage}': the val input has target values that train does not: "
+            f"{', '.join(repr(v) for v in unseen[:5])}"
+        )
+        raise DataError(msg, hint="Use a stratified split so every class is in train.")
+    return np.asarray([index[v] for v in y.to_list()], dtype=np.int64)
+
+
+def _splitter(params: TuneParams, task: str, y: np.ndarray, stage: str) -> Any:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if task == "regression":
+        if len(y) < params.cv:
+            msg = f"stage '{stage}': cv: {params.cv} needs at least {params.cv} train rows"
+            raise DataError(msg)
+        return KFold(n_splits=params.cv, shuffle=True, random_state=params.seed)
+    counts = np.bincount(y)
+    if counts.min() < params.cv:
+        msg = (
+            f"stage '{stage}': cv: {params.cv} needs at least {params.cv} train rows of every "
+            f"class; the smallest class has {int(counts.min())}"
+        )
+        raise DataError(msg, hint="Use fewer folds, or merge rare classes upstream.")
+    return StratifiedKFold(n_splits=params.cv, shuffle=True, random_state=params.seed)
+
+
+# ----------------------------------------------------------------------------- checks
+def _objective(params: TuneParams, task: str, n_classes: int, stage: str) -> Objective:
+    if params.metric is None:
+        return default_objective(task, n_classes)
+    try:
+        obj = objective(params.metric, task)
+    except UsageError as exc:
+        msg = f"stage '{stage}': {exc.message}"
+        raise UsageError(msg, hint=exc.hint) from None
+    if task == "classification" and n_classes > 2 and obj.scorer in _BINARY_SCORERS:
+        msg = f"stage '{stage}': metric '{obj.name}' is for two classes; the target has {n_classes}"
+        raise UsageError(msg, hint="Use roc_auc_ovr, f1_macro, balanced_accuracy or log_loss.")
+    return obj
+
+
+def _check_search_names(params: TuneParams, task: str, stage: str) -> None:
+    """Every searched name is a param of the estimator (with a "did you mean")."""
+    try:
+        estimators.build(
+            params.model,
+            {**params.params, **{n: s.example() for n, s in params.search_space.items()}},
+            task,  # type: ignore[arg-type]
+            seed=params.seed,
+        )
+    except UsageError as exc:
+        msg = f"stage '{stage}': {exc.message}"
+        raise UsageError(msg, hint=exc.hint) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _log_failures(ctx: StageContext, study: optuna.Study, *, first: int) -> None:
+    failed = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number >= first and "error" in t.user_attrs
+    ]
+    for t in failed[:_MAX_LOGGED_WARNINGS]:
+        ctx.log(f"trial {t.number} failed: {t.user_attrs['error']} (params {t.params})")
+    if len(failed) > _MAX_LOGGED_WARNINGS:
+        ctx.log(f"... and {len(failed) - _MAX_LOGGED_WARNINGS} more failed trials")
+
+
+def _no_complete_trial(trials: list[FrozenTrial], stage: str, study: str) -> DuctworkError:
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    reason = next((t.user_attrs["error"] for t in failed if "error" in t.user_attrs), None)
+    if failed and reason:
+        msg = (
+            f"stage '{stage}': no trial of study '{study}' completed; {len(failed)} failed, "
+            f"the first with {reason}"
+        )
+        return DataError(msg, hint="Check the search space and the fixed params.")
+    msg = f"stage '{stage}': no trial of study '{study}' completed ({len(trials)} trials)"
+    return DataError(msg, hint="Raise n_trials or timeout, or set pruner: none.")
+
+
+def _log_warnings(ctx: StageContext, caught: list[warnings.WarningMessage]) -> None:
+    seen: set[str] = set()
+    for w in caught:
+        text = f"{w.category.__name__}: {str(w.message).strip().splitlines()[0]}"
+        if text not in seen:
+            seen.add(text)
+            if len(seen) > _MAX_LOGGED_WARNINGS:
+                ctx.log(f"... and more warnings (first {_MAX_LOGGED_WARNINGS} shown)")
+                return
+            ctx.log(text)
+
+
+# ----------------------------------------------------------------------------- storage
+def open_storage(
+    params: TuneParams, ctx: StageContext, study_name: str
+) -> tuple[optuna.storages.BaseStorage, str]:
+    """The study's storage and how to show it (a path relative to the store, a redacted URL)."""
+    url = params.storage_url()
+    if url is None:
+        from optuna.storages.journal import JournalFileBackend
+
+        directory = ctx.store_root / STORE_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        name = journal_file_name(study_name)
+        backend = JournalFileBackend(str(directory / name))
+        return optuna.storages.JournalStorage(backend), f"{STORE_DIR}/{name}"
+    shown = params.shown_storage() or ""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        # SQLAlchemy reads sqlite:///rel.db from the working directory: use the project's
+        path = ctx.resolve_path(url.removeprefix("sqlite:///"), what="storage")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs), shown
+    except Exception as exc:  # sqlalchemy's errors: bad URL, unreachable server, missing driver
+        reason = _first_line(exc)
+        secret = _password(url)
+        if secret:
+            reason = reason.replace(secret, "***")
+        msg = f"stage '{ctx.stage}': cannot open the Optuna storage {shown}: {reason}"
+        raise SourceError(msg) from None
+
+
+def journal_file_name(study: str) -> str:
+    """A file name for a study's journal: the name made file-safe, with a hash if changed."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._")[:100] or "study"
+    if safe != study:
+        safe += "-" + hashlib.sha256(study.encode()).hexdigest()[:8]
+    return f"{safe}.journal"
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _open_study(
+    storage: optuna.storages.BaseStorage, name: str, metric: Objective, stage: str, shown: str
+) -> optuna.Study:
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction=metric.direction, load_if_exists=True
+    )
+    if study.direction.name.lower() != metric.direction:
+        msg = (
+            f"stage '{stage}': study '{name}' in {shown} was made to "
+            f"{study.direction.name.lower()}, but {metric.name} is to {metric.direction}"
+        )
+        raise UsageError(msg, hint="Name another study (study: ...) for this metric.")
+    recorded = study.user_attrs.get("metric")
+    if recorded is None:
+        study.set_user_attr("metric", metric.name)
+    elif recorded != metric.name:
+        msg = f"stage '{stage}': study '{name}' in {shown} optimizes {recorded}, not {metric.name}"
+        raise UsageError(msg, hint="Name another study (study: ...) for this metric.")
+    return study
+
+
+# ----------------------------------------------------------------------------- outputs
+def trials_table(trials: list[FrozenTrial], names: list[str]) -> pl.DataFrame:
+    """One row per trial: number, state, value, params_<name>, duration_s."""
+    columns: dict[str, pl.Series] = {
+        "number": pl.Series("number", [t.number for t in trials], dtype=pl.Int64),
+        "state": pl.Series("state", [t.state.name for t in trials], dtype=pl.String),
+        "value": pl.Series(
+            "value",
+            [t.value if t.state == TrialState.COMPLETE else None for t in trials],
+            dtype=pl.Float64,
+        ),
+    }
+    seen = list(names) + sorted({n for t in trials for n in t.params} - set(names))
+    for name in seen:
+        column = f"params_{name}"
+        columns[column] = _param_series(column, [t.params.get(name) for t in trials])
+    columns["duration_s"] = pl.Series(
+        "duration_s",
+        [t.duration.total_seconds() if t.duration is not None else None for t in trials],
+        dtype=pl.Float64,
+    )
+    return pl.DataFrame(list(columns.values()))
+
+
+def _param_series(name: str, values: list[Any]) -> pl.Series:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int, float} and kinds != {bool}:
+        dtype = pl.Int64 if kinds == {int} else pl.Float64
+        return pl.Series(name, values, dtype=dtype)
+    if len(kinds) == 1:
+        return pl.Series(name, values)
+    return pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.String)
+
+
+def write_plots(study: optuna.Study, directory: Path, *, metric: Objective, seed: int) -> None:
+    """optimization_history.png and param_importances.png (or a PNG saying why it is absent)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    _history_plot(directory / HISTORY_PNG, trials, metric)
+    importances, reason = _importances(study, trials, seed)
+    _importance_plot(directory / IMPORTANCES_PNG, importances, reason, metric)
+
+
+def _importances(
+    study: optuna.Study, trials: list[FrozenTrial], seed: int
+) -> tuple[dict[str, float], str | None]:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}, f"Parameter importances need 2 complete trials; the study has {len(complete)}."
+    names = sorted({n for t in complete for n in t.params})
+    if not names:
+        return {}, "Parameter importances need a searched param; the trials have none."
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError) as exc:
+        return {}, f"Parameter importances could not be computed: {exc}"
+    return {k: float(v) for k, v in found.items()}, None
+
+
+_STYLE: Any = {
+    "svg.hashsalt": "ductwork",
+    "path.simplify": True,
+    "font.family": ["DejaVu Sans"],
+    "font.size": 9.0,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+}
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    fig.clear()
+
+
+def _history_plot(path: Path, trials: list[FrozenTrial], metric: Objective) -> None:
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        if done:
+            xs = [t.number for t in done]
+            ys = [float(t.value) for t in done if t.value is not None]
+            pick = max if metric.direction == "maximize" else min
+            best: list[float] = []
+            for y in ys:
+                best.append(y if not best else pick(best[-1], y))
+            ax.scatter(xs, ys, s=18, color="#1f77b4", label="complete trial", zorder=3)
+            ax.step(xs, best, where="post", color="#d62728", label="best so far", zorder=2)
+        if pruned:  # their partial scores are not comparable: marked along the bottom
+            px = [t.number for t in pruned]
+            ax.scatter(
+                px,
+                [0.03] * len(px),
+                s=22,
+                marker="x",
+                color="#7f7f7f",
+                label="pruned trial",
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+            )
+        if not done and not pruned:
+            ax.text(0.5, 0.5, "No finished trials", ha="center", va="center")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"{metric.name} ({metric.direction})")
+        ax.set_title("Optimization history")
+        if done or pruned:
+            ax.legend(loc="best", fontsize=8)
+        _save(fig, path)
+
+
+def _importance_plot(
+    path: Path, importances: dict[str, float], reason: str | None, metric: Objective
+) -> None:
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    with mpl.rc_context(_STYLE):
+        height = max(2.5, 0.9 + 0.35 * len(importances))
+        fig = Figure(figsize=(7.0, height), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        if reason is not None or not importances:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, reason or "No importances", ha="center", va="center", wrap=True)
+        else:
+            ordered = sorted(importances.items(), key=lambda kv: (kv[1], kv[0]))
+            names = [k for k, _ in ordered]
+            values = [v for _, v in ordered]
+            ax.barh(names, values, color="#1f77b4")
+            for i, v in enumerate(values):
+                ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+            ax.set_xlim(0, max(1.0, max(values) * 1.15) if values else 1.0)
+            ax.set_xlabel(f"importance for {metric.name} (fANOVA, sums to 1)")
+        ax.set_title("Parameter importances")
+        _save(fig, path)
