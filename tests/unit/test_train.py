@@ -192,3 +192,47 @@ def test_bad_input_gets_clear_errors(
     text = train.with_columns(pl.lit("x").alias("label"))
     with pytest.raises(DataError, match=r"column 'label' is String.*features stage"):
         run_stage("train", {"target": "target"}, {"train": text}, tmp_path)
+
+
+def test_target_encoded_training_rows_are_cross_fitted_like_pipeline_fit(tmp_path: Path) -> None:
+    """The model is fitted on what Pipeline.fit would give it, not on leaky encodings."""
+    from sklearn.base import clone
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    city = rng.choice([f"c{i}" for i in range(300)], n)  # many small categories: leak-prone
+    df = pl.DataFrame({"city": city, "x": rng.normal(size=n)}).with_columns(
+        (pl.col("x") + pl.Series(rng.normal(size=n)) > 0).alias("y")
+    )
+    train, test = df.head(2400), df.tail(600)
+    feats = run_stage(
+        "features",
+        {"target": "y", "encode": {"columns": ["city"], "method": "target"}},
+        {"train": train},
+        tmp_path / "f",
+    )
+    from ductwork.core.contract import ArtifactInfo, InputArtifact
+
+    tdir = Path(feats.values["transform"])
+    transform = InputArtifact("transform", ArtifactInfo("x", "files", 0, path=str(tdir)))
+    out = run_stage(
+        "train",
+        {"target": "y", "model": "hist_gradient_boosting", "params": {"max_iter": 30}},
+        {"train": train, "transform": transform},
+        tmp_path / "t",
+    )
+    bundle = Bundle.load(out.values["bundle"])
+    from ductwork.ml.features import load_transform
+
+    fitted, _ = load_transform(tdir)
+    reference = Pipeline(
+        [
+            ("features", clone(fitted)),
+            ("model", HistGradientBoostingClassifier(max_iter=30, random_state=42)),
+        ]
+    ).fit(train.drop("y"), train["y"].to_numpy())
+    ours = bundle.predict(test)["proba_true"].to_numpy()
+    theirs = reference.predict_proba(test.drop("y"))[:, 1]
+    np.testing.assert_allclose(ours, theirs)

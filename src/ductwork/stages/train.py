@@ -194,7 +194,15 @@ class Train(StageKind[TrainParams]):
             raw = inputs["params"].json()
             tuned = dict(raw.get("params", raw)) if isinstance(raw, dict) else {}
 
-        Xt = transform.transform(X) if transform is not None else X
+        Xt = X
+        if transform is not None:
+            # Refit a clone exactly as Pipeline.fit would: fit_transform on the train rows, so
+            # target encoding is cross-fitted there (transform() would hand every row its own
+            # label's mean). The same data and seed give the features stage's fitted object.
+            from sklearn.base import clone
+
+            transform = clone(transform)
+            Xt = transform.fit_transform(X, y.to_numpy())
         Xt_val = (
             transform.transform(X_val) if transform is not None and X_val is not None else X_val
         )
