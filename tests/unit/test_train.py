@@ -236,3 +236,34 @@ def test_target_encoded_training_rows_are_cross_fitted_like_pipeline_fit(tmp_pat
     ours = bundle.predict(test)["proba_true"].to_numpy()
     theirs = reference.predict_proba(test.drop("y"))[:, 1]
     np.testing.assert_allclose(ours, theirs)
+
+
+def test_tuned_params_feed_train(cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path) -> None:
+    """tune's best_params output is train's `params` input; its values win over params:."""
+    from ductwork.testing import json_input
+
+    train, val = cancer
+    tuned = run_stage(
+        "tune",
+        {
+            "target": "target",
+            "model": "random_forest",
+            "params": {"n_estimators": 10},
+            "search_space": {"max_depth": {"low": 2, "high": 6}},
+            "n_trials": 3,
+            "seed": 1,
+        },
+        {"train": train, "val": val},
+        tmp_path / "tune",
+        project_dir=tmp_path,
+    )
+    best = tuned.values["best_params"]
+    out = run_stage(
+        "train",
+        {"target": "target", "model": "random_forest", "params": {"max_depth": 20}},
+        {"train": train, "val": val, "params": json_input("params", best, tmp_path / "p")},
+        tmp_path / "train",
+    )
+    meta = Bundle.load(out.values["bundle"]).meta
+    assert meta.params["max_depth"] == best["params"]["max_depth"] != 20
+    assert meta.params["n_estimators"] == 10
