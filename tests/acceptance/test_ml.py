@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +69,30 @@ def test_mlflow_finds_the_run_its_metrics_and_the_champion(
 
 
 def test_pyfunc_champion_predicts_what_the_bundle_predicts(demo_copy: Cli) -> None:
-    import mlflow
-
+    """MLflow's loader, in its own process as a user would run it, on the embedded registry."""
     from ductwork.ml.bundle import Bundle
 
     _, uri = _client(demo_copy.cwd)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        model = mlflow.pyfunc.load_model("models:/flight-delays@champion")
-    finally:
-        mlflow.set_tracking_uri("")
     bundle = Bundle.load(_artifact(demo_copy, "train", "bundle"))
     test = pl.read_parquet(_artifact(demo_copy, "split", "test")).head(3000)
+    rows = demo_copy.cwd / "rows.parquet"
+    test.select(bundle.meta.input_columns).write_parquet(rows)
+    script = (
+        "import sys, json, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model('models:/flight-delays@champion')\n"
+        "print(json.dumps([bool(x) for x in model.predict(pd.read_parquet(sys.argv[1]))]))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script, str(rows)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    theirs = json.loads(p.stdout.strip().splitlines()[-1])
     ours = bundle.predict(test.select(bundle.meta.input_columns))["prediction"].to_list()
-    theirs = list(model.predict(test.select(bundle.meta.input_columns).to_pandas()))
-    assert [bool(x) for x in theirs] == ours
+    assert theirs == ours
 
 
 def test_changing_only_model_params_retrains_and_nothing_upstream(demo_copy: Cli) -> None:
