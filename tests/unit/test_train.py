@@ -236,6 +236,26 @@ def test_target_encoded_training_rows_are_cross_fitted_like_pipeline_fit(tmp_pat
     ours = bundle.predict(test)["proba_true"].to_numpy()
     theirs = reference.predict_proba(test.drop("y"))[:, 1]
     np.testing.assert_allclose(ours, theirs)
+    # handing train the features stage's own train output gives the same model, without a refit
+    given = run_stage(
+        "train",
+        {"target": "y", "model": "hist_gradient_boosting", "params": {"max_iter": 30}},
+        {"train": train, "transform": transform, "train_features": feats.values["train"]},
+        tmp_path / "t2",
+    )
+    again = Bundle.load(given.values["bundle"]).predict(test)["proba_true"].to_numpy()
+    np.testing.assert_allclose(again, theirs)
+    with pytest.raises(DataError, match="not the features stage's train output"):
+        run_stage(
+            "train",
+            {"target": "y", "model": "hist_gradient_boosting"},
+            {
+                "train": train,
+                "transform": transform,
+                "train_features": feats.values["train"].head(5),
+            },
+            tmp_path / "t3",
+        )
 
 
 def test_tuned_params_feed_train(cancer: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path) -> None:

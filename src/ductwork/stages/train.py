@@ -6,6 +6,9 @@ Inputs, by name:
 * ``val`` (optional): validation rows, for model selection and early stopping,
 * ``transform`` (optional): the ``features`` stage's fitted transform, which becomes the first
   step of the model, so the bundle takes raw columns and computes every feature one way,
+* ``train_features`` (optional, with ``transform``): the ``features`` stage's ``train`` output,
+  the transformed train rows it already computed (``fit_transform``, so target encoding is
+  cross-fitted); without it, train refits a copy of the transform to get them,
 * ``params`` (optional): a JSON artifact with ``{"params": {...}}``, e.g. ``tune.best_params``;
   those values override ``params:``.
 
@@ -43,7 +46,7 @@ from ductwork.errors import DataError, UsageError, did_you_mean
 if TYPE_CHECKING:
     import polars as pl
 
-_INPUTS = ("train", "val", "transform", "params")
+_INPUTS = ("train", "val", "transform", "train_features", "params")
 _LATENCY_ROWS = 1000
 _REFERENCE_ROWS = 100_000
 _PARITY_ROWS = 200
@@ -123,7 +126,7 @@ class Train(StageKind[TrainParams]):
     version = "1"
     Params = TrainParams
     min_inputs = 1
-    max_inputs = 4
+    max_inputs = 5
     summary = "fit a model (aliases or any sklearn estimator) into a model bundle"
     outputs: ClassVar[dict[str, Output]] = {
         "bundle": Output("files", description="the model bundle directory"),
@@ -195,7 +198,9 @@ class Train(StageKind[TrainParams]):
             tuned = dict(raw.get("params", raw)) if isinstance(raw, dict) else {}
 
         Xt = X
-        if transform is not None:
+        if transform is not None and "train_features" in inputs:
+            Xt = self._train_features(inputs, info, params, X.height, ctx)
+        elif transform is not None:
             # Refit a clone exactly as Pipeline.fit would: fit_transform on the train rows, so
             # target encoding is cross-fitted there (transform() would hand every row its own
             # label's mean). The same data and seed give the features stage's fitted object.
@@ -339,6 +344,27 @@ class Train(StageKind[TrainParams]):
         return problems
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _train_features(
+        self,
+        inputs: Inputs,
+        info: dict[str, Any],
+        params: TrainParams,
+        rows: int,
+        ctx: StageContext,
+    ) -> pl.DataFrame:
+        """The features stage's ``train`` output: fit_transform of the same rows, already made."""
+        frame = inputs["train_features"].frame()
+        expected = [str(c) for c in info.get("output_features", [])]
+        features = frame.drop(params.target, strict=False)
+        if frame.height != rows or features.columns != expected:
+            msg = (
+                f"stage '{ctx.stage}': input 'train_features' is not the features stage's train "
+                f"output for these train rows ({frame.height:,} rows, {features.width} columns; "
+                f"expected {rows:,} rows and the transform's {len(expected)} features)"
+            )
+            raise DataError(msg)
+        return features
 
     def _input_columns(
         self, params: TrainParams, X: pl.DataFrame, info: dict[str, Any], ctx: StageContext
