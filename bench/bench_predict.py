@@ -336,7 +336,7 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=250_000)
     ap.add_argument("--paths", default="direct,sklearn,onnx,mlflow,small")
     ap.add_argument(
-        "--repeats", type=int, default=1, help="all-core runs per path (the fastest counts)"
+        "--repeats", type=int, default=3, help="all-core runs per path (the fastest counts)"
     )
     ap.add_argument("--skip-one-thread", action="store_true", help="only the all-core pass")
     ap.add_argument("--timeout", type=float, default=1800)
