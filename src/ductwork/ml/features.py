@@ -68,9 +68,6 @@ _EXAMPLES = 5
 _ORDINAL_UNKNOWN = -1
 _ORDINAL_MISSING = -2
 _TARGET_FOLDS = 5
-# an integer target with at most this many distinct values is taken as class labels (the rule
-# of ductwork.ml.estimators.infer_task)
-MAX_INTEGER_CLASSES = 20
 
 Task = Literal["classification", "regression"]
 
@@ -638,16 +635,13 @@ def split_xy(
 
 
 def infer_task(y: pl.Series, stage: str | None = None) -> Task:
-    """Classification for booleans, text, categoricals and integers with few values."""
-    dtype = y.dtype
-    if dtype == pl.Boolean or _kind(dtype) in ("text", "categorical"):
-        return "classification"
-    if dtype.is_integer():
-        return "classification" if y.n_unique() <= MAX_INTEGER_CLASSES else "regression"
-    if dtype.is_numeric():
-        return "regression"
-    msg = f"cannot tell the task from target '{y.name}' of type {dtype}; set task:"
-    raise _error(stage, msg)
+    """:func:`ductwork.ml.estimators.infer_task`, with the stage named in its error."""
+    from ductwork.ml import estimators
+
+    try:
+        return estimators.infer_task(y)
+    except DataError as exc:
+        raise _error(stage, exc.message) from None
 
 
 def check_fit_data(X: pl.DataFrame, params: FeaturesParams, stage: str) -> None:

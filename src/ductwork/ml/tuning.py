@@ -409,11 +409,9 @@ def _require_numeric(X: pl.DataFrame, stage: str) -> None:
 
 
 def _infer_task(y: pl.Series, stage: str) -> estimators.Task:
-    try:
-        return estimators.infer_task(y)
-    except DataError as exc:
-        msg = f"stage '{stage}': {exc.message}"
-        raise DataError(msg, hint=exc.hint) from None
+    from ductwork.ml.features import infer_task
+
+    return infer_task(y, stage)
 
 
 def _encode(y: pl.Series, task: str, stage: str) -> tuple[np.ndarray, list[Any]]:
