@@ -297,22 +297,73 @@ def test_the_study_name_follows_the_search_and_the_data(
     base = name()
     assert base.startswith("cancer-tune-")
     # the budget, the parallelism and the storage do not change what is searched
-    assert name(n_trials=50, timeout=10, n_jobs=2, storage="sqlite:///x.db") == base
+    assert (
+        name(n_trials=50, timeout=10, n_jobs=2, parallel="thread", storage="sqlite:///x.db") == base
+    )
     assert name(search_space={"max_depth": {"low": 2, "high": 9}}) != base
     assert name(seed=1) != base
     assert name(other) != base
 
 
 # ------------------------------------------------------------------------------- parallel, storage
-def test_parallel_trials_share_the_default_store(cancer: pl.DataFrame, tmp_path: Path) -> None:
-    out = tune(tmp_path, {"train": cancer}, n_jobs=2, n_trials=8, pruner="none")
-    trials = out.values["trials"]
-    assert trials.height == 8
+@pytest.mark.parametrize("parallel", ["process", "thread"])
+def test_parallel_trials_share_the_default_store(
+    cancer: pl.DataFrame, tmp_path: Path, parallel: str
+) -> None:
+    seen: list[tuple[float, float | None, str]] = []
+    ctx = StageContext(
+        stage="tune",
+        run_id="r",
+        project_dir=tmp_path,
+        work_dir=tmp_path / "work",
+        progress_fn=lambda d, t, u: seen.append((d, t, u)),
+    )
+    inputs = Inputs({"train": table_input("train", cancer, tmp_path)})
+    params = {**FOREST, "n_jobs": 2, "parallel": parallel, "n_trials": 8, "pruner": "none"}
+    out = Tune().run(TuneParams.model_validate(params), inputs, ctx)
+    trials = out["trials"]
+    assert trials.height == 8  # exactly n_trials, not one more per worker
     assert trials["state"].to_list() == ["COMPLETE"] * 8
     assert sorted(trials["number"].to_list()) == list(range(8))
+    assert seen[-1] == (8, 8, "trials")
+    assert not (tmp_path / "work" / "tune-folds").exists()  # the workers' copy is removed
     # and a resumed parallel run adds exactly the missing trials
-    again = tune(tmp_path, {"train": cancer}, n_jobs=2, n_trials=10, pruner="none")
-    assert again.values["trials"].height == 10
+    again = Tune().run(TuneParams.model_validate({**params, "n_trials": 11}), inputs, ctx)
+    assert again["trials"].height == 11
+    assert ctx.metrics["trials_run"] == 3
+
+
+def test_worker_processes_stop_at_the_timeout(cancer: pl.DataFrame, tmp_path: Path) -> None:
+    out = tune(tmp_path, {"train": cancer}, n_jobs=2, n_trials=500, timeout=3, pruner="none")
+    assert 1 <= out.values["trials"].height < 500
+
+
+def test_worker_errors_come_back_as_the_same_error() -> None:
+    error = tuning._worker_error(("DataError", "stage 'tune': bad", "fix it"), "tune")
+    assert isinstance(error, DataError) and (error.message, error.hint) == (
+        "stage 'tune': bad",
+        "fix it",
+    )
+    other = tuning._worker_error(("MemoryError", "out of memory", None), "tune")
+    assert isinstance(other, RuntimeError)
+    assert str(other) == "stage 'tune': a tuning worker failed: MemoryError: out of memory"
+
+
+def test_folds_round_trip_through_files_for_workers(tmp_path: Path) -> None:
+    import numpy as np
+
+    X = np.asfortranarray(np.arange(12, dtype=np.float64).reshape(4, 3))
+    fold = tuning.Fold(X, np.array([0, 1, 0, 1]), X[:2], np.array([0, 1]))
+    evaluation = tuning.Evaluation("cv", [fold, fold], "classification", [False, True])
+    tuning.save_evaluation(evaluation, tmp_path)
+    back = tuning.load_evaluation(tmp_path)
+    assert (back.mode, back.task, back.classes, len(back.folds)) == (
+        "cv",
+        "classification",
+        [False, True],
+        2,
+    )
+    assert np.array_equal(back.folds[1].X_train, X) and back.folds[1].X_train.flags.writeable
 
 
 def test_a_sqlite_url_is_project_relative_and_resumes(cancer: pl.DataFrame, tmp_path: Path) -> None:

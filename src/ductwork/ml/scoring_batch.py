@@ -172,7 +172,16 @@ class _Sink:
             import pyarrow.parquet as pq
 
             self._arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
-            self._writer = pq.ParquetWriter(self.tmp, self._arrow_schema, compression="zstd")
+            # dictionary pages only where values repeat (labels, ids as text, model_version):
+            # for probabilities they cost a third of the write and make the file larger
+            repeating = [
+                name
+                for name, dtype in schema.items()
+                if dtype in (pl.String, pl.Boolean, pl.Categorical) or isinstance(dtype, pl.Enum)
+            ]
+            self._writer = pq.ParquetWriter(
+                self.tmp, self._arrow_schema, compression="zstd", use_dictionary=repeating
+            )
 
     def write(self, frame: pl.DataFrame) -> None:
         frame = frame.select(self.schema.names()).cast(dict(self.schema), strict=False)  # type: ignore[arg-type]

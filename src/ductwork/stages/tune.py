@@ -11,10 +11,12 @@ worse than the median of the earlier trials at the same fold.
 
 The study lives in Optuna storage: by default a journal file per study under the store
 (``<store>/optuna/<study>.journal``), or any database URL given as ``storage``. The default
-study name hashes the params (without ``n_trials``, ``timeout``, ``n_jobs``, ``storage``) and
-the inputs' content, so the same search on the same data resumes where it stopped, and a
-changed search space or changed data starts a new study. ``n_trials`` is the number of finished
-(complete or pruned) trials the study should have: a resumed run only runs the rest.
+study name hashes the params (without ``n_trials``, ``timeout``, ``n_jobs``, ``parallel``,
+``storage``) and the inputs' content, so the same search on the same data resumes where it
+stopped, and a changed search space or changed data starts a new study. ``n_trials`` is the
+number of finished (complete or pruned) trials the study should have: a resumed run only runs
+the rest. With ``n_jobs > 1`` trials run in worker processes sharing the study's storage
+(``parallel: process``, the default) or in threads (``parallel: thread``).
 
 Outputs: ``best_params`` (json: ``params`` is the best trial's values merged with the fixed
 params, what ``train`` takes as its ``params`` input), ``trials`` (one row per trial) and
@@ -46,7 +48,7 @@ from ductwork.errors import DataError, did_you_mean
 
 INPUT_NAMES = ("train", "val", "transform")
 # params that do not change what the search is: left out of the default study name
-_NOT_IN_STUDY = ("n_trials", "timeout", "n_jobs", "storage", "study")
+_NOT_IN_STUDY = ("n_trials", "timeout", "n_jobs", "parallel", "storage", "study")
 
 Choice = str | bool | int | float | None
 
@@ -203,7 +205,12 @@ class TuneParams(StageParams):
     pruner: Literal["median", "none"] = Field(
         default="median", description="median: stop trials worse than the median after a fold."
     )
-    n_jobs: int = Field(default=1, ge=1, description="Trials run in parallel (threads).")
+    n_jobs: int = Field(default=1, ge=1, description="Trials run at the same time.")
+    parallel: Literal["process", "thread"] = Field(
+        default="process",
+        description="How n_jobs > 1 runs trials: worker processes sharing the study's storage, "
+        "or threads of the stage's process.",
+    )
     seed: int = Field(
         default=42, ge=0, lt=2**32, description="Seeds the sampler, the folds and the estimator."
     )
