@@ -497,6 +497,14 @@ def write(
         *verdicts(work, one, "One thread (rows per CPU-second)"),
         *verdicts(wall, results, "All cores (rows per wall-second)"),
     ]
+    if all(n in src for n in ("direct", "sklearn") for src in (one, results)):
+        drift = (wall("sklearn") / wall("direct")) / (work("sklearn") / work("direct"))
+        if abs(drift - 1) > 0.15:
+            notes.append(
+                "- The all-core ratio to (a) is more than 15% off the one-thread one: other "
+                "processes slowed some all-core runs more than others (compare their CPU and "
+                "wall seconds), so the one-thread ratios are the ones to trust."
+            )
     if "small" in results and "sklearn" in results:
         s, b = results["small"], results["sklearn"]
         notes.append(
