@@ -176,41 +176,44 @@ class Bundle:
             )
             raise DataError(msg)
         casts: list[pl.Expr] = []
-        reasons: list[pl.Expr] = []
+        rules: list[tuple[pl.Expr, str]] = []  # (the row breaks it, the reason)
         for spec in self.meta.input_schema:
             col = pl.col(spec.name)
             target_type = _dtype(spec.dtype)
             cast = col.cast(target_type, strict=False) if target_type is not None else col
             casts.append(cast.alias(spec.name))
             if target_type is not None and spec.kind in ("numeric", "boolean", "temporal"):
-                reasons.append(
-                    pl.when(col.is_not_null() & cast.is_null())
-                    .then(pl.lit(f"{spec.name}: not {spec.kind}"))
-                    .otherwise(None)
-                )
+                rules.append((col.is_not_null() & cast.is_null(), f"{spec.name}: not {spec.kind}"))
             if not spec.nullable:
-                reasons.append(
-                    pl.when(col.is_null()).then(pl.lit(f"{spec.name}: null")).otherwise(None)
-                )
+                rules.append((col.is_null(), f"{spec.name}: null"))
             if spec.kind == "numeric" and frame.schema[spec.name].is_float():
-                reasons.append(
-                    pl.when(col.is_nan()).then(pl.lit(f"{spec.name}: NaN")).otherwise(None)
-                )
+                rules.append((col.is_nan(), f"{spec.name}: NaN"))
             if spec.categories is not None:
-                reasons.append(
-                    pl.when(col.is_not_null() & ~col.cast(pl.String).is_in(spec.categories))
-                    .then(pl.lit(f"{spec.name}: unknown category"))
-                    .otherwise(None)
+                rules.append(
+                    (
+                        col.is_not_null() & ~col.cast(pl.String).is_in(spec.categories),
+                        f"{spec.name}: unknown category",
+                    )
                 )
-        with_reasons = frame.with_columns(
-            pl.concat_list(reasons).list.drop_nulls().alias(FAILED)
-            if reasons
-            else pl.lit([], dtype=pl.List(pl.String)).alias(FAILED),
-            pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(ROW),
+        row = pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(ROW)
+        if not rules:
+            valid = frame.select(casts)
+            empty = frame.head(0).with_columns(
+                pl.lit([], dtype=pl.List(pl.String)).alias(FAILED), row
+            )
+            return valid, empty
+        # one boolean pass over all rows; the reason lists are built for the bad rows only
+        bad = pl.any_horizontal([cond.fill_null(False) for cond, _ in rules]).alias("__bad")
+        flagged = frame.with_columns(row, bad)
+        valid = flagged.filter(~pl.col("__bad")).select(casts)
+        reasons = pl.concat_list(
+            [pl.when(cond).then(pl.lit(text)).otherwise(None) for cond, text in rules]
+        ).list.drop_nulls()
+        quarantine = (
+            flagged.filter(pl.col("__bad"))
+            .with_columns(reasons.alias(FAILED))
+            .select([*(c for c in frame.columns if c not in (FAILED, ROW)), FAILED, ROW])
         )
-        bad = pl.col(FAILED).list.len() > 0
-        quarantine = with_reasons.filter(bad)
-        valid = with_reasons.filter(~bad).select(casts)
         return valid, quarantine
 
     def predict(self, frame: pl.DataFrame) -> pl.DataFrame:
