@@ -120,7 +120,11 @@ def tune(
         ctx.log("pruner: median needs cv folds to compare; scoring on val prunes nothing")
 
     ctx.progress(min(done, params.n_trials), params.n_trials, "trials")
-    if remaining and params.n_jobs > 1 and params.parallel == "process" and remaining > 1:
+    processes = params.n_jobs > 1 and params.parallel == "process" and remaining > 1
+    if processes and _daemonic():
+        ctx.log("parallel: process is not possible in a daemonic process; using threads")
+        processes = False
+    if processes:
         _optimize_processes(
             study, params, evaluation, metric, remaining, done, len(existing), target, ctx
         )
@@ -396,6 +400,13 @@ def _worker(job: _Job, claimed: Any, finished: Any, messages: Any) -> None:
         message = exc.message if isinstance(exc, DuctworkError) else _first_line(exc)
         messages.put(("error", (type(exc).__name__, message, hint)))
         raise SystemExit(1) from None
+
+
+def _daemonic() -> bool:
+    """A daemonic process (a multiprocessing.Pool worker) may not start processes."""
+    import multiprocessing as mp
+
+    return bool(mp.current_process().daemon)
 
 
 def _alive(pid: int) -> bool:
