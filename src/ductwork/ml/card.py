@@ -28,30 +28,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ductwork.ml.bundle import BundleMeta, ColumnSpec
+from ductwork.ml.report import fmt
 
 SMALL_SLICE_ROWS = 30
 IMBALANCE_SHARE = 0.2  # a class below this share of the rows is called out
 _MAX_CATEGORIES_SHOWN = 5
 _MAX_SLICE_ROWS = 50
-
-
-def fmt(value: Any) -> str:
-    """A value for a Markdown table cell."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.3e}"
-        if abs(value) >= 1e6:
-            return f"{value:,.0f}"
-        return f"{value:.4f}"
-    return _cell(str(value))
 
 
 def _num(value: float) -> str:
