@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any, ClassVar
 
 import polars as pl
 import pytest
 
 import ductwork as dw
+from ductwork.core.contract import Inputs, Output, StageContext, StageKind, StageParams
 from ductwork.core.events import Event, RunFinished, StageFinished
 from ductwork.errors import UsageError
+from ductwork.stages.registry import KINDS
 
 
 def project(tmp_path: Path, steps: str, *, factor: int = 2, extra: str = "") -> Path:
@@ -224,3 +227,52 @@ def test_process_pool_refuses_unimportable_functions_clearly(tmp_path: Path) -> 
     assert res.error is not None
     assert "cannot be sent to a worker process" in res.error["message"]
     assert dw.run(pipe, workers=2, pool="thread").exit_code == 0
+
+
+class PricedKind(StageKind[StageParams]):
+    """A kind that spends (LLM-like metrics) and previews what it would do."""
+
+    name = "priced"
+    Params = StageParams
+    outputs: ClassVar[dict[str, Output]] = {"main": Output("table")}
+
+    def run(self, params: StageParams, inputs: Inputs, ctx: StageContext) -> dict[str, Any]:
+        frame = inputs.only().frame()
+        ctx.metric(llm_requests=frame.height, llm_input_tokens=10 * frame.height, llm_cost_usd=0.5)
+        return {"main": frame}
+
+    def preview(self, params: StageParams, inputs: Inputs, ctx: StageContext) -> dict[str, Any]:
+        rows = inputs.only().rows
+        return {"text": f"would ask about {rows} rows", "rows": rows}
+
+
+def test_dry_run_shows_the_preview_and_a_run_sums_what_it_spent(
+    tmp_path: Path, steps: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(KINDS, "priced", "tests.unit.test_runner:PricedKind")
+    extra = "  - name: asked\n    kind: priced\n    inputs: [summed]\n"
+    pipe = dw.load(project(tmp_path, steps, extra=extra))
+    plan = dw.plan(pipe)
+    # upstream not computed yet: no preview (its input does not exist)
+    assert plan.stages["asked"].status == "stale"
+    assert plan.stages["asked"].preview is None
+    dw.run(pipe, to=("summed",))
+    events: list[Event] = []
+    plan = dw.plan(pipe, on_event=events.append)
+    assert plan.stages["asked"].preview == {"text": "would ask about 2 rows", "rows": 2}
+    summary = events[-1]
+    assert isinstance(summary, RunFinished)
+    assert summary.usage == {}
+    (asked,) = [s for s in summary.stages if s["stage"] == "asked"]
+    assert asked["preview"]["rows"] == 2
+
+    events.clear()
+    dw.run(pipe, on_event=events.append)
+    summary = events[-1]
+    assert isinstance(summary, RunFinished)
+    assert summary.usage == {"llm_requests": 2, "llm_input_tokens": 20, "llm_cost_usd": 0.5}
+    events.clear()
+    dw.run(pipe, on_event=events.append)  # all cached: nothing spent now
+    summary = events[-1]
+    assert isinstance(summary, RunFinished)
+    assert summary.usage == {}

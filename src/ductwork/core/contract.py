@@ -10,6 +10,7 @@ A stage kind is a small class (scikit-learn style: no I/O at construction) with
 * ``run(params, inputs, ctx)``: a pure function of its params and input artifacts that returns
   one value per declared output,
 * optional ``check(...)``: invariants beyond the built-in ones (e.g. counts that reconcile),
+* optional ``preview(...)``: what ``--dry-run`` shows (rendered prompts, estimated cost),
 * optional ``source_stamp(...)``: the fingerprint of external data the stage reads (a file's
   content hash), or ``None`` when it cannot be known (an HTTP API): then the stage always runs,
   and downstream stages are still reused when its output content did not change.
@@ -259,3 +260,12 @@ class StageKind(ABC, Generic[P]):
     ) -> list[str]:
         """Invariants beyond the built-ins; return one message per violation."""
         return []
+
+    def preview(self, params: P, inputs: Inputs, ctx: StageContext) -> dict[str, Any] | None:
+        """What a run would do, for ``ductwork run --dry-run``; must not call anything external.
+
+        Called only when the stage would run and its inputs already exist in the store. A kind
+        that spends money or time (an LLM stage) returns e.g. its rendered prompts and estimated
+        tokens; ``text`` (optional) is what the console shows. ``None``: nothing to preview.
+        """
+        return None

@@ -77,6 +77,7 @@ class StageFinished(Event):
     metrics: dict[str, Any]
     reason: str = ""
     error: dict[str, Any] | None = None
+    preview: dict[str, Any] | None = None  # dry runs only: the kind's preview (prompts, cost)
 
     def __post_init__(self) -> None:
         self.event = "stage_finished"
@@ -96,6 +97,9 @@ class RunFinished(Event):
     stages: list[dict[str, Any]]
     error: dict[str, Any] | None = None
     resume: str | None = None
+    # what the stages that ran spent: llm_requests, llm_cache_hits, llm_input_tokens,
+    # llm_output_tokens, llm_cost_usd ({} when nothing was spent)
+    usage: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.event = "run_finished"

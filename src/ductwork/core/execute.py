@@ -228,6 +228,29 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
     return result
 
 
+def preview_stage(task: StageTask) -> dict[str, Any] | None:
+    """The kind's dry-run preview of a stage whose inputs exist; errors become ``{"error": ...}``."""
+    store = Store(task.store_root)
+    with store.tmp_dir() as tmp:
+        ctx = StageContext(
+            stage=task.stage,
+            run_id=task.run_id,
+            project_dir=Path(task.project_dir),
+            work_dir=tmp,
+            allow_outside_project=task.allow_outside_project,
+            store_dir=Path(task.store_root),
+            pipeline=task.pipeline,
+            fingerprint=task.fingerprint,
+        )
+        try:
+            kind = _resolve_kind(task)()
+            inputs = Inputs({name: InputArtifact(name, info) for name, info in task.inputs.items()})
+            found = kind.preview(task.params, inputs, ctx)
+        except Exception as exc:  # a preview never fails the plan
+            return {"error": _error_dict(exc, task.stage)["message"]}
+    return _jsonable(found) if found is not None else None
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

@@ -16,12 +16,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ductwork.core.contract import ArtifactInfo, StageContext
+from ductwork.core.contract import ArtifactInfo, StageContext, StageKind
 from ductwork.core.events import (
     SCHEMA,
     Event,
@@ -31,7 +31,7 @@ from ductwork.core.events import (
     StageProgress,
     StageStarted,
 )
-from ductwork.core.execute import StageResult, StageTask
+from ductwork.core.execute import StageResult, StageTask, preview_stage
 from ductwork.core.executors import Executor, make_executor
 from ductwork.core.fingerprint import Fingerprint, diff_components, stage_fingerprint
 from ductwork.core.graph import Pipeline, StageNode
@@ -67,8 +67,10 @@ class StageOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     error: dict[str, Any] | None = None
+    preview: dict[str, Any] | None = None  # dry runs: what the stage would do (prompts, cost)
 
     def summary(self) -> dict[str, Any]:
+        extra = {"preview": self.preview} if self.preview is not None else {}
         return {
             "stage": self.stage,
             "kind": self.kind,
@@ -81,7 +83,7 @@ class StageOutcome:
             "metrics": self.metrics,
             "reason": self.reason,
             "error": _public_error(self.error),
-        }
+        } | extra
 
 
 @dataclass
@@ -96,6 +98,34 @@ class RunResult:
 
     def outputs(self, stage: str) -> dict[str, ArtifactInfo]:
         return self.stages[stage].outputs
+
+
+USAGE_METRICS = (
+    "llm_requests",
+    "llm_cache_hits",
+    "llm_input_tokens",
+    "llm_output_tokens",
+    "llm_cost_usd",
+)
+
+
+def _usage(outcomes: Iterable[StageOutcome]) -> dict[str, float]:
+    """What this run spent (stages that ran; cached stages spent nothing now): LLM calls, tokens."""
+    total: dict[str, float] = {}
+    for o in outcomes:
+        if o.status not in ("ok", "failed"):
+            continue
+        for name in USAGE_METRICS:
+            value = o.metrics.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+    if "llm_cost_usd" in total:
+        total["llm_cost_usd"] = round(total["llm_cost_usd"], 6)
+    return total
+
+
+def _has_preview(kind_cls: type[StageKind[Any]]) -> bool:
+    return kind_cls.preview is not StageKind.preview
 
 
 def _out(info: ArtifactInfo) -> dict[str, Any]:
@@ -339,17 +369,6 @@ class Runner:
             reason = "source cannot be fingerprinted: always runs"
         else:
             reason = self.why_stale(node, fp)
-        if options.dry_run or executor is None:
-            outcome = StageOutcome(
-                node.name, node.kind, "stale", fingerprint=fp.digest, reason=reason
-            )
-            self._conclude(run_id, outcome, fp, inputs, options)
-            return None
-        self.emit(
-            StageStarted(
-                run_id=run_id, stage=node.name, kind=node.kind, fingerprint=fp.digest, reason=reason
-            )
-        )
         task = StageTask(
             run_id=run_id,
             stage=node.name,
@@ -365,6 +384,19 @@ class Runner:
             allow_outside_project=self.pipeline.allow_outside_project,
             kind_cls=node.kind_cls,
             pipeline=self.pipeline.name,
+        )
+        if options.dry_run or executor is None:
+            outcome = StageOutcome(
+                node.name, node.kind, "stale", fingerprint=fp.digest, reason=reason
+            )
+            if options.dry_run and _has_preview(node.kind_cls):
+                outcome.preview = preview_stage(task)
+            self._conclude(run_id, outcome, fp, inputs, options)
+            return None
+        self.emit(
+            StageStarted(
+                run_id=run_id, stage=node.name, kind=node.kind, fingerprint=fp.digest, reason=reason
+            )
         )
         last = [0.0]
 
@@ -520,6 +552,7 @@ class Runner:
                 metrics=outcome.metrics,
                 reason=outcome.reason,
                 error=_public_error(outcome.error),
+                preview=outcome.preview,
             )
         )
 
@@ -549,6 +582,7 @@ class Runner:
             stages=[o.summary() for o in ordered.values()],
             error=_public_error(error) if error else None,
             resume=resume,
+            usage=_usage(ordered.values()),
         )
         if not options.dry_run:
             self.records.finish_run(run_id, status, {"counts": counts, "exit_code": exit_code})

@@ -66,6 +66,20 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def _fmt_usage(usage: dict[str, float]) -> str:
+    parts = []
+    if "llm_requests" in usage:
+        parts.append(f"{usage['llm_requests']:,.0f} LLM requests")
+    if "llm_cache_hits" in usage:
+        parts.append(f"{usage['llm_cache_hits']:,.0f} cache hits")
+    tokens_in, tokens_out = usage.get("llm_input_tokens"), usage.get("llm_output_tokens")
+    if tokens_in is not None or tokens_out is not None:
+        parts.append(f"{tokens_in or 0:,.0f} input + {tokens_out or 0:,.0f} output tokens")
+    if "llm_cost_usd" in usage:
+        parts.append(f"~${usage['llm_cost_usd']:.4f}")
+    return ", ".join(parts)
+
+
 class ConsoleRenderer:
     """Consumes run events and draws them."""
 
@@ -205,6 +219,14 @@ class ConsoleRenderer:
         metric_lines = self._metric_lines(event.stages)
         if metric_lines:
             self.console.print(Group(*metric_lines))
+        if event.usage:
+            self.console.print(Text("Spent: " + _fmt_usage(event.usage), style="bold"))
+        for s in event.stages:
+            preview = s.get("preview")
+            if preview:
+                text = preview.get("text") or preview.get("error") or ""
+                self.console.print(Text(f"Preview of {s['stage']}:", style="bold magenta"))
+                self.console.print(Text(str(text)), soft_wrap=True)
         if event.error:
             err = event.error
             self.console.print(Text(f"error: {err.get('message')}", style="red"), soft_wrap=True)
