@@ -28,7 +28,11 @@ if __name__ == "__main__":
             str(HERE / "bench_predict.py"),
             *(["--rows", "1000000", "--small-rows", "100000", "--repeats", "1"] if quick else []),
         ],
-        [sys.executable, str(HERE / "bench_tune.py"), "--repeat", "1" if quick else "3"],
+        [
+            sys.executable,
+            str(HERE / "bench_tune.py"),
+            *(["--repeat", "1", "--long-trials", "0"] if quick else ["--repeat", "3"]),
+        ],
         [sys.executable, str(HERE / "bench_ml.py"), "--repeat", "1" if quick else "3"],
     ]
     if quick:

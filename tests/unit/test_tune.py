@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -306,9 +308,30 @@ def test_the_study_name_follows_the_search_and_the_data(
 
 
 # ------------------------------------------------------------------------------- parallel, storage
+@pytest.fixture
+def worker_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process starts its trials only once a worker process has claimed one.
+
+    Worker processes are spawned, so they run the unpatched claim: the test then knows that
+    trials ran in another process, however slowly it started.
+    """
+    original = tuning._Claims.claim
+    main = os.getpid()
+
+    def claim(self: Any, job: Any) -> bool:
+        if os.getpid() == main and self.claimed.value == 0:
+            deadline = time.time() + 120
+            while self.claimed.value == 0:
+                assert time.time() < deadline, "no worker process claimed a trial"
+                time.sleep(0.05)
+        return bool(original(self, job))
+
+    monkeypatch.setattr(tuning._Claims, "claim", claim)
+
+
 @pytest.mark.parametrize("parallel", ["process", "thread"])
 def test_parallel_trials_share_the_default_store(
-    cancer: pl.DataFrame, tmp_path: Path, parallel: str
+    cancer: pl.DataFrame, tmp_path: Path, parallel: str, worker_first: None
 ) -> None:
     seen: list[tuple[float, float | None, str]] = []
     ctx = StageContext(

@@ -14,9 +14,11 @@ further with two writers; SQLite is not meant for concurrent writers). A databas
 (``postgresql://...``, ``mysql://...``, ``sqlite:///file.db``) uses ``RDBStorage``; SQLite
 files get a 60 s lock timeout.
 
-Parallel trials default to worker processes: scikit-learn's per-tree and per-fold Python work
-holds the GIL, so threads only overlap the native parts (measured on 2 cores: threads 1.0-1.4x,
-processes 1.7-2.0x for random forests).
+Parallel trials default to processes (this one and ``n_jobs - 1`` spawned workers):
+scikit-learn's per-tree and per-fold Python work holds the GIL, so threads only overlap the
+native parts. Measured on 2 cores (bench/bench_tune.py: random forest, 0.9 s trials): a trial
+in a thread ran ~40% slower than alone, in a process ~4%; n_jobs=2 was 1.52x faster than
+n_jobs=1 with processes and 1.39x with threads over 16 trials, 1.77x and 1.28x over 48.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import optuna
 import polars as pl
 from optuna.trial import FrozenTrial, TrialState
 
-from ductwork.errors import DataError, DuctworkError, SourceError, StageFailed, UsageError
+from ductwork.errors import DataError, DuctworkError, SourceError, UsageError
 from ductwork.ml import estimators
 from ductwork.ml.scoring import Objective, default_objective, objective, score
 
@@ -84,7 +86,6 @@ class TuneResult:
     metric: Objective
     best_params: dict[str, Any]
     trials: pl.DataFrame
-    ran: int  # trials started by this run
 
 
 # ----------------------------------------------------------------------------- the search
@@ -169,7 +170,6 @@ def tune(
         metric=metric,
         best_params=best_params,
         trials=trials_table(trials, list(params.search_space)),
-        ran=len(trials) - len(existing),
     )
 
 
@@ -238,6 +238,53 @@ class _Job:
     parent: int  # the stage's process: a worker whose parent is gone starts no trial
 
 
+class _Claims:
+    """Trials handed out across processes: one lock, counters in shared memory."""
+
+    def __init__(self, mpc: Any) -> None:
+        self.lock = mpc.Lock()
+        self.claimed = mpc.RawValue("i", 0)  # trials started
+        self.running = mpc.RawValue("i", 0)  # trials started and not yet told to the storage
+        self.finished = mpc.RawValue("i", 0)  # complete or pruned
+        self.stop = mpc.RawValue("i", 0)  # set when a worker failed: start no more
+
+    def claim(self, job: _Job) -> bool:
+        """Take the next trial, unless all are taken, the time is up or the run stopped."""
+        with self.lock:
+            late = job.deadline is not None and time.time() >= job.deadline
+            # like Optuna's timeout, the first trial always starts
+            if self.stop.value or self.claimed.value >= job.trials:
+                return False
+            if (late and self.claimed.value > 0) or not _alive(job.parent):
+                return False
+            self.claimed.value += 1
+            self.running.value += 1
+            return True
+
+    def done(self, trial: FrozenTrial | None) -> None:
+        with self.lock:
+            if trial is None:
+                self.running.value -= 1
+            elif trial.state in FINISHED:
+                self.finished.value += 1
+
+
+def _run_claimed(
+    study: optuna.Study, objective_fn: Callable[[optuna.Trial], float], job: _Job, claims: _Claims
+) -> None:
+    """Run trials while there are some to claim (in the stage's process or a worker)."""
+    while claims.claim(job):
+        try:
+            study.optimize(
+                objective_fn,
+                n_trials=1,
+                catch=(ValueError,),
+                callbacks=[lambda _, trial: claims.done(trial)],
+            )
+        finally:
+            claims.done(None)
+
+
 def _optimize_processes(
     study: optuna.Study,
     params: TuneParams,
@@ -249,61 +296,54 @@ def _optimize_processes(
     target: StorageTarget,
     ctx: StageContext,
 ) -> None:
-    """Run the trials in ``n_jobs`` worker processes that share the study through its storage.
+    """Run the trials in this process and ``n_jobs - 1`` worker processes sharing the study.
 
-    Scikit-learn's per-tree and per-fold Python work holds the GIL, so threads overlap only
-    the parts in native code; processes run whole trials at once. Each worker claims trials
-    from a shared counter, so exactly ``remaining`` trials run. The folds are saved once as
-    ``.npy`` files that the workers map read-only (copy on write), not copied into each.
+    Scikit-learn's per-tree and per-fold Python work holds the GIL, so threads overlap only the
+    parts in native code; processes run whole trials at once. The workers are spawned at the
+    start and this process runs trials while they import scikit-learn, so their start-up is
+    not waited for. Every process claims trials from shared counters, so exactly
+    ``remaining`` trials run. The folds are saved once as ``.npy`` files that the workers map
+    (copy on write) instead of each receiving a copy.
     """
     import multiprocessing as mp
     import queue
     import shutil
     from multiprocessing.connection import wait
 
-    workers = min(params.n_jobs, remaining)
+    from threadpoolctl import threadpool_limits
+
+    n_procs = min(params.n_jobs, remaining)
     directory = ctx.tmp_dir / "tune-folds"
     save_evaluation(evaluation, directory)
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    mpc: Any = mp.get_context(method)
-    if method == "forkserver":
-        # the fork server imports scikit-learn, Optuna and the estimator's module once, and
-        # every worker forked from it starts with them (importing scikit-learn takes a second
-        # or more); no effect when the server already runs (e.g. started for stages)
-        model_path, _ = estimators.resolve(params.model, evaluation.task)
-        module = (
-            model_path.partition(":")[0] if ":" in model_path else model_path.rpartition(".")[0]
-        )
-        mpc.set_forkserver_preload(
-            ["ductwork.ml.tuning", "sklearn.base", "sklearn.metrics", module]
-        )
-    claimed = mpc.Value("i", 0)
-    finished = mpc.Value("i", 0)
+    mpc: Any = mp.get_context("spawn")
+    claims = _Claims(mpc)
     messages: Any = mpc.Queue()
     deadline = time.time() + params.timeout if params.timeout is not None else None
-    threads = max(1, cpu_count() // workers)
-    jobs = [
-        _Job(
+    threads = max(1, cpu_count() // n_procs)
+
+    def job(i: int) -> _Job:
+        return _Job(
             params=params,
             study_name=study.study_name,
             storage=target,
             evaluation=str(directory),
             metric=metric,
-            seed=(params.seed + first + 7919 * (i + 1)) % 2**32,
+            seed=(params.seed + first + 7919 * i) % 2**32,
             threads=threads,
             trials=remaining,
             deadline=deadline,
             parent=os.getpid(),
         )
-        for i in range(workers)
-    ]
+
     procs = [
         mpc.Process(
-            target=_worker, args=(job, claimed, finished, messages), name=f"ductwork-tune-{i}"
+            target=_worker,
+            args=(job(i), claims, messages),
+            name=f"ductwork-tune-{i}",
+            daemon=True,
         )
-        for i, job in enumerate(jobs)
+        for i in range(1, n_procs)
     ]
-    ctx.log(f"running {remaining} trials in {workers} worker processes ({method})")
     received: list[tuple[str, Any]] = []
 
     def drain() -> None:
@@ -313,20 +353,47 @@ def _optimize_processes(
             except queue.Empty:
                 return
 
+    def report(_: optuna.Study, trial: FrozenTrial) -> None:
+        drain()
+        if any(kind == "error" for kind, _ in received):
+            claims.stop.value = 1
+        ctx.progress(min(done + claims.finished.value, params.n_trials), params.n_trials, "trials")
+
+    objective_fn = make_objective(params, evaluation, metric, threads=threads)
+    own = job(0)
     started: list[Any] = []
+    stopped: list[Any] = []
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         for proc in procs:
-            proc.start()
+            proc.start()  # spawn: returns at once; the worker imports while we run trials
             started.append(proc)
-        reported = 0  # tune() reported the start
-        while any(proc.is_alive() for proc in procs):
-            wait([proc.sentinel for proc in procs], timeout=0.25)
+        ctx.log(f"running {remaining} trials in this process and {len(procs)} worker processes")
+        with threadpool_limits(threads), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            while claims.claim(own):
+                try:
+                    study.optimize(
+                        objective_fn,
+                        n_trials=1,
+                        catch=(ValueError,),
+                        callbacks=[lambda s, t: claims.done(t), report],
+                    )
+                finally:
+                    claims.done(None)
+        # every trial is claimed: wait for the workers' last ones
+        reported = -1
+        while claims.running.value > 0 and any(p.is_alive() for p in started):
+            wait([p.sentinel for p in started], timeout=0.25)
             drain()
-            n = finished.value
-            if n != reported:
-                ctx.progress(min(done + n, params.n_trials), params.n_trials, "trials")
-                reported = n
-        for proc in procs:
+            if claims.finished.value != reported:
+                reported = claims.finished.value
+                ctx.progress(min(done + reported, params.n_trials), params.n_trials, "trials")
+        # the workers still alive have no trial: still starting, or about to see there is none
+        stopped = [proc for proc in started if proc.is_alive()]
+        for proc in stopped:
+            proc.terminate()
+        for proc in started:
             proc.join()
         drain()
     except BaseException:
@@ -337,30 +404,29 @@ def _optimize_processes(
             proc.join()
         raise
     finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         messages.close()
         shutil.rmtree(directory, ignore_errors=True)
         _log_failures(ctx, study, first=first)
-    lines = [line for kind, value in received if kind == "warnings" for line in value]
+    ctx.progress(min(done + claims.finished.value, params.n_trials), params.n_trials, "trials")
+    lines = _warning_lines(caught)
+    lines += [line for kind, value in received if kind == "warnings" for line in value]
     for line in dict.fromkeys(lines):
         ctx.log(line)
     errors = [value for kind, value in received if kind == "error"]
     if errors:
         raise _worker_error(errors[0], ctx.stage)
-    crashed = [p for p in procs if p.exitcode != 0]
-    if crashed:
-        msg = (
-            f"a tuning worker process exited with code {crashed[0].exitcode} before it "
-            "could run a trial"
-        )
-        hint = (
-            "Worker processes import the main module: a script that runs ductwork needs "
-            "`if __name__ == '__main__':` around it. Or set parallel: thread."
-        )
-        raise StageFailed(ctx.stage, msg, hint=hint)
+    for proc in started:
+        if proc.exitcode != 0 and proc not in stopped:
+            ctx.log(
+                f"a tuning worker process exited with code {proc.exitcode} without running "
+                "trials (a script that runs ductwork needs `if __name__ == '__main__':`, as "
+                "worker processes import the main module); the trials ran in this process"
+            )
 
 
-def _worker(job: _Job, claimed: Any, finished: Any, messages: Any) -> None:
-    """A worker process: claim trials from the shared counter until none is left."""
+def _worker(job: _Job, claims: _Claims, messages: Any) -> None:
+    """A worker process: claim trials until none is left."""
     try:
         from threadpoolctl import threadpool_limits
 
@@ -373,27 +439,9 @@ def _worker(job: _Job, claimed: Any, finished: Any, messages: Any) -> None:
             pruner=_pruner(job.params, evaluation),
         )
         objective_fn = make_objective(job.params, evaluation, job.metric, threads=job.threads)
-
-        def count(_: optuna.Study, trial: FrozenTrial) -> None:
-            if trial.state in FINISHED:
-                with finished.get_lock():
-                    finished.value += 1
-
-        with (
-            threadpool_limits(job.threads),
-            warnings.catch_warnings(record=True) as caught,
-        ):
+        with threadpool_limits(job.threads), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            while True:
-                with claimed.get_lock():
-                    # like Optuna's timeout: the first trial always starts
-                    late = job.deadline is not None and time.time() >= job.deadline
-                    if claimed.value >= job.trials or (late and claimed.value > 0):
-                        break
-                    if not _alive(job.parent):
-                        break
-                    claimed.value += 1
-                study.optimize(objective_fn, n_trials=1, catch=(ValueError,), callbacks=[count])
+            _run_claimed(study, objective_fn, job, claims)
         messages.put(("warnings", _warning_lines(caught)))
     except BaseException as exc:
         hint = exc.hint if isinstance(exc, DuctworkError) else None
