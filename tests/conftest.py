@@ -168,3 +168,58 @@ def postgres_dsn() -> Iterator[str]:
     finally:
         if stop is not None:
             stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A real S3 API (``moto_server``, moto[server]) on 127.0.0.1 for this test session.
+
+    Yields the ``DUCTWORK_S3_*`` settings (endpoint, region and throwaway credentials) to put
+    in the environment; buckets are the tests' to create. Data lives in the server's memory
+    only and goes with it. The server is stopped (by its pid) at the end of the session.
+    """
+    pytest.importorskip("moto", reason="moto[server] is not installed (pip install 'moto[server]')")
+    import sys
+    import time
+    import urllib.request
+    import uuid
+
+    exe = Path(sys.executable).with_name("moto_server")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for _attempt in range(3):  # another process may take the free port first
+            port = _free_port()
+            proc = subprocess.Popen(
+                [*cmd, "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            if proc.poll() is None and time.monotonic() < deadline:
+                break
+            proc.kill()
+            proc.wait()
+            proc = None
+        if proc is None:
+            pytest.fail("moto_server did not start on 127.0.0.1", pytrace=False)
+        yield {
+            "DUCTWORK_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "DUCTWORK_S3_REGION": "us-east-1",
+            "DUCTWORK_S3_KEY": "AKIDTEST" + uuid.uuid4().hex[:12].upper(),
+            "DUCTWORK_S3_SECRET": "s3cret-" + uuid.uuid4().hex,
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -15,6 +15,10 @@ run and its cache entry in one transaction after all the stage's outputs are in 
 at any point leaves either nothing visible or everything: a stage without a committed cache
 entry is re-run, and an entry whose objects are gone is ignored. Identical content is stored
 once. The layout is flat: local filesystems index large directories, object stores have none.
+
+With ``DUCTWORK_STORE=s3://bucket/prefix`` (any fsspec URL) the objects live in an object store
+(:mod:`ductwork.core.remote`) and this local directory keeps the scratch space, the embedded
+databases and a read cache of remote objects (``cache/objects/``); see docs/object-store.md.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import os
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ductwork.core.contract import ArtifactInfo, ArtifactType
@@ -38,6 +43,8 @@ from ductwork.errors import StoreError
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from ductwork.config import Settings
 
 # A fixed row-group size makes Parquet bytes independent of how the frame is chunked in memory.
 PARQUET_OPTIONS: dict[str, Any] = {
@@ -118,11 +125,13 @@ class CacheEntry:
 
 
 class Store:
-    """A local content-addressed artifact store (object stores follow through fsspec)."""
+    """A local content-addressed artifact store (object stores: :class:`RemoteStore`)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    url: str = ""  # a remote store's URL (without credentials); "" for a local store
+
+    def __init__(self, root: str | os.PathLike[str], *, objects_dir: str = "objects") -> None:
         self.root = Path(root).absolute()
-        self.objects = self.root / "objects"
+        self.objects = self.root / objects_dir
         self.tmp = self.root / "tmp"
         for d in (self.objects, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
@@ -324,9 +333,17 @@ class Store:
             created=raw.get("created", 0.0),
         )
 
-    def iter_objects(self) -> Iterator[tuple[str, Path]]:
+    def iter_objects(self) -> Iterator[tuple[str, PurePath]]:
+        """(sha256, object) for every stored object (a remote store lists its remote ones)."""
+        return self._local_objects()
+
+    def _local_objects(self) -> Iterator[tuple[str, Path]]:
         for p in self.objects.iterdir():
             yield p.name.split(".")[0], p
+
+    def localize(self, info: ArtifactInfo) -> ArtifactInfo:
+        """The artifact with a path on this machine: a local store's objects already are."""
+        return info
 
     # -- garbage collection -----------------------------------------------------------------
     def gc(
@@ -334,7 +351,7 @@ class Store:
     ) -> dict[str, int]:
         """Delete objects not in ``keep``, and scratch files older than ``tmp_age_s``."""
         removed_objects = removed_bytes = 0
-        for sha, path in list(self.iter_objects()):
+        for sha, path in list(self._local_objects()):  # of a remote store: its read cache
             if sha in keep:
                 continue
             removed_objects += 1
@@ -351,3 +368,45 @@ class Store:
             if now - p.stat().st_mtime > tmp_age_s and not dry_run:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         return {"objects_removed": removed_objects, "bytes_removed": removed_bytes}
+
+
+# Stores opened by open_store in this process, so stages run in this process (inline and thread
+# executors) use the very store the runner opened, settings and credentials included.
+_OPEN: weakref.WeakValueDictionary[tuple[str, str], Store] = weakref.WeakValueDictionary()
+_WORKER: dict[tuple[str, str], Store] = {}
+
+
+def open_store(
+    root: str | os.PathLike[str], url: str = "", settings: Settings | None = None
+) -> Store:
+    """The project's store: local at ``root``, or the object store at ``url`` cached in ``root``.
+
+    A local store never imports fsspec; an object store needs its filesystem package (s3fs for
+    ``s3://``), imported here and only here.
+    """
+    if not url:
+        return Store(root)
+    from ductwork.core.remote import RemoteStore
+
+    store = RemoteStore.open(root, url, settings)
+    _OPEN[(str(store.root), store.url)] = store
+    return store
+
+
+def task_store(root: str, url: str, project_dir: str | os.PathLike[str]) -> Store:
+    """The store a stage task writes to, in whichever process runs it.
+
+    In the runner's process that is the store the runner opened. A worker process (a process
+    pool, a Ray worker on another machine) opens it from its own settings: the object store's
+    endpoint and credentials come from that machine's environment (or the project's ``.env``),
+    never through the task, which may be pickled, logged or shipped to another machine.
+    """
+    if not url:
+        return Store(root)
+    key = (str(Path(root).absolute()), url)
+    found = _OPEN.get(key) or _WORKER.get(key)
+    if found is None:
+        from ductwork.config import load_settings
+
+        found = _WORKER[key] = open_store(root, url, load_settings(Path(project_dir)))
+    return found
