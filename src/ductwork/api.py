@@ -31,9 +31,9 @@ from ductwork.config import Settings, load_settings
 from ductwork.core.contract import ArtifactInfo
 from ductwork.core.events import Event
 from ductwork.core.graph import Pipeline
-from ductwork.core.records import Records
+from ductwork.core.records import Records, open_records
 from ductwork.core.runner import Runner, RunOptions, RunResult
-from ductwork.core.store import Store
+from ductwork.core.store import Store, open_store
 from ductwork.errors import StoreError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ __all__ = [
     "artifact",
     "artifact_info",
     "export",
+    "export_prefect",
     "gc",
     "lineage",
     "load",
@@ -59,6 +60,7 @@ __all__ = [
     "rollback",
     "run",
     "runs",
+    "search",
     "show",
     "stage",
 ]
@@ -106,6 +108,9 @@ class Stage:
     cache: bool = True
     description: str = ""
     after: list[str] = field(default_factory=list)
+    resources: dict[str, Any] | None = None  # {cpus, memory, gpus}: docs/executors.md
+    retries: int = 0
+    retry_delay: float | str = 0.0
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -115,6 +120,9 @@ class Stage:
             "cache": self.cache,
             "description": self.description,
             "after": list(self.after),
+            "resources": self.resources,
+            "retries": self.retries,
+            "retry_delay": self.retry_delay,
         }
         if callable(self.kind):
             entry["kind"] = "python"
@@ -219,18 +227,11 @@ class Project:
 
 def open_project(pipe: Pipeline, settings: Settings | None = None) -> Project:
     settings = settings or load_settings(pipe.project_dir)
-    store = Store(settings.store_path(pipe.project_dir))
+    local = settings.store_path(pipe.project_dir)  # with an object store: its read cache
+    store = open_store(local, settings.store_url() or "", settings)
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    if url is None:
-        db = store.root / "records.db"
-    elif url.startswith("sqlite:///"):
-        db = Path(url.removeprefix("sqlite:///"))
-        db = db if db.is_absolute() else pipe.project_dir / db
-    else:
-        scheme = url.split(":", 1)[0]
-        msg = f"run records in '{scheme}' databases are not supported yet"
-        raise UsageError(msg, hint="Use a sqlite:/// URL or leave DUCTWORK_DATABASE_URL unset.")
-    return Project(pipe, settings, store, Records(db))
+    records = open_records(url, default=store.root / "records.db", base_dir=pipe.project_dir)
+    return Project(pipe, settings, store, records)
 
 
 def _as_pipeline(p: Pipeline | str | os.PathLike[str]) -> Pipeline:
@@ -252,8 +253,12 @@ def run(
     workers: int | None = None,
     pool: str | None = None,
     on_event: Callable[[Event], None] | None = None,
+    address: str | None = None,
 ) -> RunResult:
-    """Run a pipeline (or the selected part of it) and return the result of every stage."""
+    """Run a pipeline (or the selected part of it) and return the result of every stage.
+
+    ``executor`` is local, ray or prefect (docs/executors.md); ``address`` the Ray cluster.
+    """
     pipe = _as_pipeline(p)
     proj = open_project(pipe)
     s = proj.settings
@@ -266,6 +271,7 @@ def run(
         executor=executor or s.executor,
         workers=workers if workers is not None else s.workers,
         pool=pool or s.pool,
+        address=address or s.ray_address,
     )
     try:
         return Runner(pipe, proj.store, proj.records, on_event).run(options)
@@ -385,6 +391,15 @@ def export(
     else:
         shutil.copyfile(info.path, target)
     return target
+
+
+def export_prefect(
+    p: Pipeline | str | os.PathLike[str], directory: str | os.PathLike[str]
+) -> list[Path]:
+    """Write a deployable Prefect flow module and ``prefect.yaml`` for a pipeline into a dir."""
+    from ductwork.engines.prefect import write_deployment
+
+    return write_deployment(_as_pipeline(p), directory)
 
 
 def _flatten_nested(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -610,3 +625,57 @@ def rollback(
     from ductwork.ml import tracking
 
     return tracking.rollback(name, alias, _project_dir(project))
+
+
+# -- vector search --------------------------------------------------------------------------------
+
+
+def search(
+    p: Pipeline | str | os.PathLike[str],
+    query: str,
+    *,
+    index: str | None = None,
+    k: int = 5,
+    where: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The ``k`` rows nearest to ``query`` in an index stage's latest collection, best first.
+
+    ``index`` names the stage (needed only when the pipeline has several index stages);
+    ``where`` keeps rows whose payload field equals a value (a list: any of them). Each hit is
+    ``{"rank", "score", "id", "payload"}``; the query is embedded with the index's model.
+    """
+    from ductwork.ai import require_ai
+
+    require_ai("ductwork search", module="qdrant_client")
+    from ductwork.ai.vectors import search as vector_search
+
+    pipe = _as_pipeline(p)
+    stages = [name for name, node in pipe.stages.items() if node.kind == "index"]
+    if index is None:
+        if len(stages) != 1:
+            msg = (
+                "the pipeline has no index stage"
+                if not stages
+                else f"the pipeline has {len(stages)} index stages: {', '.join(stages)}"
+            )
+            hint = "Add a stage of kind: index" if not stages else "Choose one with --index STAGE."
+            raise UsageError(msg, hint=hint)
+        index = stages[0]
+    elif index not in stages:
+        msg = f"'{index}' is not an index stage{did_you_mean(index, stages)}"
+        raise UsageError(msg, hint=f"Index stages: {', '.join(stages) or 'none'}")
+    proj = open_project(pipe)
+    try:
+        outs, _ = _latest_outputs(proj, index)
+        manifest = read_artifact(proj.store.info(outs[pipe.stages[index].main_output]))
+    finally:
+        proj.records.close()
+    hits = vector_search(
+        manifest,
+        [query],
+        k,
+        store_root=proj.store.root,
+        where=where,
+        project_dir=pipe.project_dir,
+    )[0]
+    return [{"rank": i, **hit.to_dict()} for i, hit in enumerate(hits, start=1)]

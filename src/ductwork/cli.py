@@ -115,7 +115,11 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--dry-run", is_flag=True, help="Show what would run and why; run nothing (same as plan)."
 )
-@click.option("--executor", type=click.Choice(["local"]), help="Where stages run (default: local).")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray", "prefect"]),
+    help="Where stages run (default: the pipeline's executor.kind, else local).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -351,14 +355,39 @@ def artifacts(pipeline_file: str, limit: int) -> int:
     return 0
 
 
-@cli.command()
+class _ExportGroup(click.Group):
+    """``export STAGE FILE`` (an artifact, the default) or ``export prefect DIR``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["artifact", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_ExportGroup)
+def export() -> None:
+    """Write a stage's artifact to a file, or the pipeline as a Prefect deployment.
+
+    \b
+    Examples:
+      ductwork export joined out.parquet             a stage's latest artifact (= export artifact)
+      ductwork export checked q.csv -o quarantine    a non-main output
+      ductwork export prefect deploy/prefect         a Prefect flow module + prefect.yaml
+    """
+
+
+@export.command("artifact")
 @click.argument("stage")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-p", "--pipeline", "pipeline_file", default="pipeline.yaml", show_default=True)
 @click.option("-o", "--output", help="Which output of the stage (default: its main output).")
 @json_option
-def export(stage: str, file: str, pipeline_file: str, output: str | None) -> int:
-    """Write a stage's latest artifact to FILE (.parquet, .csv, .tsv, .ndjson, .json)."""
+def export_artifact(stage: str, file: str, pipeline_file: str, output: str | None) -> int:
+    """Write a stage's latest artifact to FILE (.parquet, .csv, .tsv, .ndjson, .json).
+
+    `ductwork export STAGE FILE` is the same; a stage named like a subcommand (prefect)
+    needs `ductwork export artifact STAGE FILE`.
+    """
     from ductwork import api
 
     path = api.export(pipeline_file, stage, file, output)
@@ -368,6 +397,33 @@ def export(stage: str, file: str, pipeline_file: str, output: str | None) -> int
         )
     else:
         click.echo(f"wrote {path}")
+    return 0
+
+
+@export.command("prefect")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
+@PIPELINE_ARG
+@json_option
+def export_prefect(directory: str, pipeline_file: str) -> int:
+    """Write a deployable Prefect flow for the pipeline into DIR.
+
+    DIR gets <pipeline>_flow.py (a @flow calling ductwork.api.run with executor="prefect")
+    and prefect.yaml (a deployment with a daily schedule, off until you switch it on).
+
+    \b
+    Examples:
+      ductwork export prefect deploy/prefect
+      cd deploy/prefect && prefect deploy --all
+    """
+    from ductwork import api
+
+    paths = api.export_prefect(pipeline_file, directory)
+    if use_json():
+        _emit_json({"schema": "ductwork.export_prefect/v1", "files": [str(p) for p in paths]})
+    else:
+        for path in paths:
+            click.echo(f"wrote {path}")
+        click.echo(f"next: cd {directory} && prefect deploy --all")
     return 0
 
 
@@ -737,6 +793,93 @@ def predict(
         )
     else:
         click.echo("no rows quarantined (no quarantine file written)")
+    return 0
+
+
+# -- vector search ------------------------------------------------------------------------------
+
+
+def _parse_where(items: tuple[str, ...]) -> dict[str, Any]:
+    """FIELD=VALUE pairs; VALUE is JSON when it parses (2020, true, "2020"), else text.
+
+    A field given twice matches either value.
+    """
+    import json
+
+    where: dict[str, Any] = {}
+    for item in items:
+        field, sep, raw = item.partition("=")
+        if not sep or not field:
+            msg = f"'{item}' is not FIELD=VALUE"
+            raise click.BadParameter(msg, param_hint="--where")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        if field in where:
+            before = where[field]
+            where[field] = [*(before if isinstance(before, list) else [before]), value]
+        else:
+            where[field] = value
+    return where
+
+
+@cli.command()
+@click.argument("query")
+@click.option(
+    "-p",
+    "--pipeline",
+    "pipeline_file",
+    default="pipeline.yaml",
+    show_default=True,
+    help="The pipeline file.",
+)
+@click.option("--index", "index", metavar="STAGE", help="The index stage (if there are several).")
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="How many hits.")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Only rows whose payload FIELD equals VALUE (repeatable; twice the same FIELD: either).",
+)
+@json_option
+def search(
+    query: str, pipeline_file: str, index: str | None, k: int, where: tuple[str, ...]
+) -> int:
+    """Find the rows nearest in meaning to QUERY in an index stage's collection.
+
+    The query is embedded with the model the rows were embedded with (the embed stage's),
+    and searched in the collection the index stage last wrote (local or a Qdrant server).
+    VALUE in --where is JSON when it parses (2020 is a number, true a boolean, "2020" text).
+
+    \b
+    Examples:
+      ductwork search "how do I copy a file"
+      ductwork search "late flights in winter" -k 10 --index docs_index
+      ductwork search "parse a date" --where module=datetime --where module=time
+      ductwork search "parse a date" --json
+    """
+    from ductwork import api
+
+    hits = api.search(pipeline_file, query, index=index, k=k, where=_parse_where(where))
+    if use_json():
+        _emit_json({"schema": "ductwork.search/v1", "query": query, "hits": hits})
+        return 0
+    if not hits:
+        click.echo("no hits (is the collection empty, or does --where match nothing?)")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = list(dict.fromkeys(c for h in hits for c in h["payload"]))
+    t = Table(title=f"search: {query}", box=None, header_style="bold")
+    for col in ("rank", "score", "id", *columns):
+        t.add_column(col, overflow="fold", max_width=60 if col not in ("rank", "score") else None)
+    for h in hits:
+        cells = ("" if h["payload"].get(c) is None else str(h["payload"][c]) for c in columns)
+        t.add_row(str(h["rank"]), f"{h['score']:.4f}", h["id"], *cells)
+    Console().print(t)
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ductwork.core.contract import StageKind
-from ductwork.core.graph import ExecutorConfig, InputRef, Pipeline, StageNode
+from ductwork.core.graph import ExecutorConfig, InputRef, Pipeline, Resources, StageNode
 from ductwork.errors import DuctworkError, Location, SpecError, SpecIssue, did_you_mean
 
 SECRETISH = re.compile(r"url|password|passwd|secret|token|key|auth|dsn", re.I)
@@ -36,6 +36,59 @@ def redact(text: str) -> str:
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_MEMORY_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "k": 1024, "ki": 1024, "kib": 1024,
+    "m": 1024**2, "mi": 1024**2, "mib": 1024**2,
+    "g": 1024**3, "gi": 1024**3, "gib": 1024**3,
+    "t": 1024**4, "ti": 1024**4, "tib": 1024**4,
+}  # fmt: skip
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_memory(value: Any) -> int:
+    """``4GiB``, ``512MiB``, ``2GB`` or a number of bytes -> bytes."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    m = _MEMORY_RE.match(str(value)) if isinstance(value, str) else None
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _MEMORY_UNITS or float(m.group(1)) <= 0:
+        msg = f"memory {value!r} is not a size: write e.g. 512MiB, 4GiB, 2GB or a number of bytes"
+        raise ValueError(msg)
+    return int(float(m.group(1)) * _MEMORY_UNITS[unit])
+
+
+def parse_duration(value: Any) -> float:
+    """``10s``, ``1m``, ``500ms``, ``2h`` or a number of seconds -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _DURATION_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        msg = f"{value!r} is not a duration: write e.g. 500ms, 10s, 1m, 2h or a number of seconds"
+        raise ValueError(msg)
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+class ResourcesEntry(BaseModel):
+    """``resources:`` of a stage: what one attempt needs, mapped to each executor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float | None = Field(default=None, gt=0, description="CPU cores (fractions allowed).")
+    memory: int | str | None = Field(
+        default=None, description="Memory, e.g. 512MiB, 4GiB, 2GB, or bytes."
+    )
+    gpus: float | None = Field(default=None, ge=0, description="GPUs (fractions allowed).")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str | None) -> int | None:
+        return None if v is None else parse_memory(v)
 
 
 class StageEntry(BaseModel):
@@ -70,6 +123,24 @@ class StageEntry(BaseModel):
         "(e.g. read back a table that a load stage writes).",
     )
     description: str = ""
+    resources: ResourcesEntry | None = Field(
+        default=None,
+        description="What the stage needs: {cpus, memory, gpus} (not part of the fingerprint).",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        description="Re-run a failed attempt this many times, for transient failures only "
+        "(a worker died, OSError, unexpected exceptions; never data or spec errors).",
+    )
+    retry_delay: float | str = Field(
+        default=0.0, description="Wait between attempts: 10s, 1m, 500ms or seconds."
+    )
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _retry_delay(cls, v: float | str) -> float:
+        return parse_duration(v)
 
     @field_validator("name")
     @classmethod
@@ -80,14 +151,30 @@ class StageEntry(BaseModel):
         return v
 
 
+EXECUTOR_KINDS = ("local", "ray", "prefect")
+
+
 class ExecutorEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(default="local", description="local (ray and prefect are planned).")
+    kind: str = Field(default="local", description="local | ray | prefect (docs/executors.md).")
     workers: int = Field(default=2, ge=1, description="How many stages may run at once.")
     pool: str = Field(
         default="thread", pattern="^(thread|process)$", description="thread | process"
     )
+    address: str | None = Field(
+        default=None,
+        description="kind: ray — the cluster: local (a cluster for the run, the default), "
+        "auto, host:port or ray://host:port.",
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in EXECUTOR_KINDS:
+            msg = f"unknown executor '{v}'{did_you_mean(v, EXECUTOR_KINDS)} (known: {', '.join(EXECUTOR_KINDS)})"
+            raise ValueError(msg)
+        return v
 
 
 class PipelineFile(BaseModel):
@@ -213,7 +300,7 @@ def _pydantic_issues(
         field = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             last = str(err["loc"][-1]) if err["loc"] else field
-            choices = fields if len(err["loc"]) == 1 else ()
+            choices = fields if len(err["loc"]) == 1 else _nested_keys(err["loc"][:-1])
             msg = f"{what}unknown {'param' if 'params' in prefix else 'key'} '{last}'{did_you_mean(last, choices)}"
             if choices:
                 msg += f" (known: {', '.join(choices)})"
@@ -234,6 +321,29 @@ def _pydantic_issues(
                 msg += f" (got {shown[:60]})"
         out.append(SpecIssue(where, msg))
     return out
+
+
+def _nested_keys(path: Sequence[str | int]) -> list[str]:
+    """The keys allowed at a nested place of the pipeline file (for "did you mean")."""
+    import typing
+
+    model: Any = PipelineFile
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        found = [
+            a
+            for a in (field.annotation, *typing.get_args(field.annotation))
+            for a in (a, *typing.get_args(a))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not found:
+            return []
+        model = found[0]
+    return list(model.model_fields)
 
 
 def load_yaml(path: Path) -> tuple[Any, _Located]:
@@ -419,6 +529,9 @@ def build_pipeline(
             description=entry.description,
             location=loc,
             after=list(entry.after),
+            resources=Resources(**entry.resources.model_dump()) if entry.resources else None,
+            retries=entry.retries,
+            retry_delay=float(entry.retry_delay),
         )
         nodes.append(node)
         prev = node
@@ -430,7 +543,12 @@ def build_pipeline(
             nodes,
             project_dir=project_dir,
             spec_path=spec_path,
-            executor=ExecutorConfig(spec.executor.kind, spec.executor.workers, spec.executor.pool),
+            executor=ExecutorConfig(
+                spec.executor.kind,
+                spec.executor.workers,
+                spec.executor.pool,
+                spec.executor.address,
+            ),
             allow_outside_project=spec.allow_outside_project,
         )
     except SpecError as exc:

@@ -26,8 +26,15 @@ from ductwork.core.contract import (
     StageKind,
     _no_progress,
 )
-from ductwork.core.store import Store
-from ductwork.errors import DataError, DuctworkError, InvariantError
+from ductwork.core.graph import Resources
+from ductwork.core.store import Store, task_store
+from ductwork.errors import (
+    DataError,
+    DuctworkError,
+    InvariantError,
+    SourceError,
+    StoreError,
+)
 
 
 @dataclass
@@ -48,6 +55,10 @@ class StageTask:
     allow_outside_project: bool = False
     kind_cls: Any = None  # set for in-process execution (e.g. kinds defined in __main__)
     pipeline: str = ""
+    store_url: str = ""  # an object store (s3://...): inputs are downloaded where this runs
+    resources: Resources | None = None  # where it may run (executors map it); not fingerprinted
+    retries: int = 0  # re-runs of a failed attempt when the failure is transient
+    retry_delay: float = 0.0  # seconds between attempts
 
 
 @dataclass
@@ -62,6 +73,7 @@ class StageResult:
     ended: float = 0.0
     error: dict[str, Any] | None = None
     logs: list[str] = field(default_factory=list)
+    attempts: int = 1  # > 1 when retries re-ran a transient failure
 
 
 def _resolve_kind(task: StageTask) -> type[StageKind[Any]]:
@@ -77,6 +89,19 @@ def _resolve_kind(task: StageTask) -> type[StageKind[Any]]:
     return obj  # type: ignore[no-any-return]
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether another attempt of the stage could succeed (what ``retries:`` re-runs).
+
+    ductwork's own errors are deterministic (bad data, spec, usage, a gate, a broken invariant:
+    the same inputs fail the same way) except the ones about reaching the outside (a source,
+    the store). OSError and unexpected exceptions may be transient (a full disk, a flaky
+    mount, a worker short of memory).
+    """
+    if isinstance(exc, SourceError | StoreError):
+        return True
+    return not isinstance(exc, DuctworkError)
+
+
 def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
     if isinstance(exc, DuctworkError):
         return {
@@ -85,6 +110,7 @@ def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
             "hint": exc.hint,
             "exit_code": exc.exit_code,
             "traceback": traceback.format_exc(),
+            "transient": is_transient(exc),
         }
     return {
         "type": type(exc).__name__,
@@ -92,6 +118,7 @@ def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
         "hint": None,
         "exit_code": 1,
         "traceback": traceback.format_exc(),
+        "transient": is_transient(exc),
     }
 
 
@@ -174,10 +201,15 @@ def expect_violations(
     return problems
 
 
+def _local_inputs(store: Store, task: StageTask) -> Inputs:
+    """The task's inputs as local files (an object store's are downloaded into its read cache)."""
+    return Inputs({n: InputArtifact(n, store.localize(i)) for n, i in task.inputs.items()})
+
+
 def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> StageResult:
     """Run one stage and publish its outputs. Never raises: failures are in the result."""
     started = time.time()
-    store = Store(task.store_root)
+    store = task_store(task.store_root, task.store_url, task.project_dir)
     result = StageResult(stage=task.stage, ok=False, started=started)
     with store.tmp_dir() as tmp:
         ctx = StageContext(
@@ -194,7 +226,7 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
         try:
             kind_cls = _resolve_kind(task)
             kind = kind_cls()
-            inputs = Inputs({name: InputArtifact(name, info) for name, info in task.inputs.items()})
+            inputs = _local_inputs(store, task)
             values = kind.run(task.params, inputs, ctx)
             missing = [n for n in task.outputs if n not in values]
             if missing:
@@ -230,7 +262,7 @@ def execute_stage(task: StageTask, progress: ProgressFn = _no_progress) -> Stage
 
 def preview_stage(task: StageTask) -> dict[str, Any] | None:
     """The kind's dry-run preview of a stage whose inputs exist; errors become ``{"error": ...}``."""
-    store = Store(task.store_root)
+    store = task_store(task.store_root, task.store_url, task.project_dir)
     with store.tmp_dir() as tmp:
         ctx = StageContext(
             stage=task.stage,
@@ -244,7 +276,7 @@ def preview_stage(task: StageTask) -> dict[str, Any] | None:
         )
         try:
             kind = _resolve_kind(task)()
-            inputs = Inputs({name: InputArtifact(name, info) for name, info in task.inputs.items()})
+            inputs = _local_inputs(store, task)
             found = kind.preview(task.params, inputs, ctx)
         except Exception as exc:  # a preview never fails the plan
             return {"error": _error_dict(exc, task.stage)["message"]}

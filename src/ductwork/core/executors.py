@@ -1,11 +1,17 @@
-"""Executors: where stage tasks run. The runner only calls ``submit`` and ``shutdown``.
+"""Executors: where stage tasks run. The runner calls ``run_walk``, ``submit`` and ``shutdown``.
 
 * ``inline``  — in this thread, one at a time (``workers: 1``): the least overhead.
 * ``thread``  — a thread pool: Polars releases the GIL, so Polars-heavy stages overlap well.
 * ``process`` — a process pool (spawn): for CPU-bound pure-Python stages. Stage kinds and
   ``kind: python`` functions must be importable by module path.
+* ``ray``     — each stage is a Ray task (:mod:`ductwork.engines.ray`).
+* ``prefect`` — the run is a Prefect flow, each stage a Prefect task
+  (:mod:`ductwork.engines.prefect`).
 
-Ray and Prefect executors (issue 6) implement the same two methods; stage code does not change.
+Every executor runs :func:`~ductwork.core.execute.execute_stage`; artifacts move through the
+store, never through the executor. Retries (``retries:``/``retry_delay:``) re-run an attempt
+that failed transiently (:func:`~ductwork.core.execute.is_transient`), the same everywhere:
+here by :func:`run_with_retries`, on Ray and Prefect by their own retry machinery.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 from ductwork.core.contract import ProgressFn, _no_progress
@@ -34,6 +42,34 @@ class Executor(ABC):
     def shutdown(self, *, cancel: bool = False) -> None:  # noqa: B027 - optional hook
         """Release workers."""
 
+    def run_walk(self, pipeline: str, run_id: str, walk: Callable[[], None]) -> None:
+        """Run the runner's walk over the DAG (which calls ``submit``). Prefect wraps it in a
+        flow so the run shows in its UI; the others just call it."""
+        walk()
+
+
+def run_with_retries(task: StageTask, progress: ProgressFn = _no_progress) -> StageResult:
+    """Run a stage, re-running a transiently failed attempt up to ``task.retries`` times.
+
+    Data, spec and usage errors are never retried: the same inputs fail the same way. Each
+    attempt starts from the same inputs in a fresh work dir, and publication is atomic, so a
+    failed attempt leaves nothing behind that a later one could trip over.
+    """
+    started = time.time()
+    attempt = 1
+    while True:
+        result = execute_stage(task, progress)
+        error = result.error or {}
+        if result.ok or attempt > task.retries or not error.get("transient"):
+            result.started, result.attempts = started, attempt
+            return result
+        note = f"attempt {attempt} failed ({error.get('message')}); retrying"
+        if task.retry_delay:
+            note += f" in {task.retry_delay:g} s"
+        result.logs.append(note)
+        time.sleep(task.retry_delay)
+        attempt += 1
+
 
 class InlineExecutor(Executor):
     name = "inline"
@@ -43,7 +79,7 @@ class InlineExecutor(Executor):
 
     def submit(self, task: StageTask, progress: ProgressFn = _no_progress) -> Future[StageResult]:
         fut: Future[StageResult] = Future()
-        fut.set_result(execute_stage(task, progress))
+        fut.set_result(run_with_retries(task, progress))
         return fut
 
 
@@ -57,7 +93,7 @@ class ThreadExecutor(Executor):
         )
 
     def submit(self, task: StageTask, progress: ProgressFn = _no_progress) -> Future[StageResult]:
-        return self._pool.submit(execute_stage, task, progress)
+        return self._pool.submit(run_with_retries, task, progress)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
@@ -113,7 +149,7 @@ class ProcessExecutor(Executor):
             raise UsageError(
                 msg, hint="Move the function into a module, or use pool: thread."
             ) from exc
-        return self._get_pool().submit(execute_stage, shipped)
+        return self._get_pool().submit(run_with_retries, shipped)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
@@ -126,11 +162,33 @@ POOLS: dict[str, type[Executor]] = {
 }
 
 
-def make_executor(kind: str, workers: int, pool: str) -> Executor:
-    """Build the executor named in the pipeline, Settings or ``--executor``."""
+EXECUTORS = ("local", "ray", "prefect")
+
+
+def make_executor(
+    kind: str,
+    workers: int,
+    pool: str,
+    *,
+    address: str | None = None,
+    store_root: str = "",
+) -> Executor:
+    """Build the executor named in the pipeline, Settings or ``--executor``.
+
+    Ray and Prefect are imported only here, when asked for; without them installed the
+    error names the extra to install.
+    """
+    if kind == "ray":
+        from ductwork.engines.ray import RayExecutor
+
+        return RayExecutor(workers, address=address, store_root=store_root)
+    if kind == "prefect":
+        from ductwork.engines.prefect import PrefectExecutor
+
+        return PrefectExecutor(workers, store_root=store_root)
     if kind != "local":
-        msg = f"executor '{kind}' is not available{did_you_mean(kind, ['local'])}"
-        raise UsageError(msg, hint="Available: local (ray and prefect are planned).")
+        msg = f"unknown executor '{kind}'{did_you_mean(kind, EXECUTORS)}"
+        raise UsageError(msg, hint="Use executor: local, ray or prefect (docs/executors.md).")
     if workers <= 1:
         return InlineExecutor()
     if pool not in POOLS:

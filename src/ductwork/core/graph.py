@@ -33,6 +33,21 @@ class InputRef:
         return self.stage if self.output is None else f"{self.stage}.{self.output}"
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one stage needs to run: mapped to each executor (Ray task options, ...).
+
+    Not part of the fingerprint: where a stage runs does not change what it outputs.
+    """
+
+    cpus: float | None = None
+    memory: int | None = None  # bytes
+    gpus: float | None = None
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
 @dataclass
 class StageNode:
     """One stage of a pipeline, with its kind resolved and params validated."""
@@ -49,6 +64,9 @@ class StageNode:
     description: str = ""
     location: Location | None = None
     after: list[str] = field(default_factory=list)  # order-only dependencies (no data passed)
+    resources: Resources | None = None  # where it runs, not what it computes: not fingerprinted
+    retries: int = 0  # re-runs of a failed attempt, for transient failures only
+    retry_delay: float = 0.0  # seconds between attempts
 
     @property
     def main_output(self) -> str:
@@ -60,6 +78,9 @@ class ExecutorConfig:
     kind: str = "local"
     workers: int = 1
     pool: str = "thread"  # thread | process
+    address: str | None = (
+        None  # executor: ray — the cluster (auto, ray://host:port, host:port, local)
+    )
 
 
 class Pipeline:

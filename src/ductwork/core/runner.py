@@ -35,6 +35,7 @@ from ductwork.core.execute import StageResult, StageTask, preview_stage
 from ductwork.core.executors import Executor, make_executor
 from ductwork.core.fingerprint import Fingerprint, diff_components, stage_fingerprint
 from ductwork.core.graph import Pipeline, StageNode
+from ductwork.core.locks import POLL_S, NoStageLocks, StageLocks
 from ductwork.core.records import Records
 from ductwork.core.store import CacheEntry, Store
 from ductwork.errors import DuctworkError, UsageError
@@ -52,6 +53,7 @@ class RunOptions:
     executor: str | None = None
     workers: int | None = None
     pool: str | None = None
+    address: str | None = None  # executor: ray — the cluster (else the pipeline's executor.address)
 
 
 @dataclass
@@ -156,6 +158,8 @@ class Runner:
         self._reasons: dict[str, str] = {}
         self._outcomes: dict[str, StageOutcome] = {}
         self._pending_cache: dict[str, dict[str, Any] | None] = {}
+        self._locks: StageLocks = NoStageLocks()  # per fingerprint, shared with other runners
+        self._parked: dict[str, tuple[Fingerprint, bool]] = {}  # waiting for another runner
 
     def emit(self, event: Event) -> None:
         if self._emit_fn is not None:
@@ -221,7 +225,17 @@ class Runner:
         exec_kind = options.executor or p.executor.kind
         workers = options.workers if options.workers is not None else p.executor.workers
         pool = options.pool or p.executor.pool
-        executor = None if options.dry_run else make_executor(exec_kind, workers, pool)
+        executor = (
+            None
+            if options.dry_run
+            else make_executor(
+                exec_kind,
+                workers,
+                pool,
+                address=options.address or p.executor.address,
+                store_root=self.store.url or str(self.store.root),  # workers reach a URL
+            )
+        )
         if not options.dry_run:
             self.records.mark_interrupted()
             self.records.start_run(
@@ -253,8 +267,15 @@ class Runner:
                 },
             )
         )
+        self._parked = {}
+        self._locks = self.records.stage_locks() if executor else NoStageLocks()
         try:
-            self._walk(run_id, selected, options, executor)
+            if executor is None:
+                self._walk(run_id, selected, options, executor)
+            else:  # Prefect wraps the walk in a flow; the others just call it
+                executor.run_walk(
+                    p.name, run_id, lambda: self._walk(run_id, selected, options, executor)
+                )
         except BaseException as exc:
             if executor is not None:
                 executor.shutdown(cancel=True)
@@ -262,6 +283,8 @@ class Runner:
                 status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 self.records.finish_run(run_id, status, {"error": str(exc)})
             raise
+        finally:
+            self._locks.close()
         if executor is not None:
             executor.shutdown()
         return self._finish(run_id, started, options)
@@ -283,20 +306,28 @@ class Runner:
             Future[StageResult], tuple[StageNode, Fingerprint, dict[str, ArtifactInfo]]
         ] = {}
         while sorter.is_active():
-            for name in sorted(sorter.get_ready(), key=decl.__getitem__):
+            for name in sorted(sorter.get_ready(), key=decl.__getitem__) + self._unparked():
                 node = p.stages[name]
                 submitted = self._start_stage(run_id, node, name in selected, options, executor)
                 if submitted is None:
-                    sorter.done(name)
+                    if name not in self._parked:  # parked: another runner computes it now
+                        sorter.done(name)
                 else:
                     in_flight[submitted[0]] = (node, submitted[1], submitted[2])
             if not in_flight:
+                if self._parked:
+                    time.sleep(POLL_S)
                 continue
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            timeout = POLL_S if self._parked else None
+            done, _ = wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
             for fut in done:
                 node, fp, inputs = in_flight.pop(fut)
                 self._finish_stage(run_id, node, fp, inputs, fut.result())
                 sorter.done(node.name)
+
+    def _unparked(self) -> list[str]:
+        """Waiting stages whose lock came free: the other runner finished (or died)."""
+        return [name for name, (fp, _) in self._parked.items() if self._locks.acquire(fp.digest)]
 
     def _needed(self, selected: set[str]) -> set[str]:
         """The selected stages and everything upstream of them (whose artifacts they read)."""
@@ -334,8 +365,9 @@ class Runner:
             outcome = StageOutcome(node.name, node.kind, status, reason=inputs)
             self._conclude(run_id, outcome, None, {}, options)
             return None
+        parked = self._parked.pop(node.name, None)  # back from waiting: fingerprint known
         try:
-            fp, knowable = self.fingerprint(node, inputs)
+            fp, knowable = parked or self.fingerprint(node, inputs)
         except Exception as exc:  # a source that cannot be stamped (missing file, ...)
             from ductwork.core.execute import _error_dict
 
@@ -358,7 +390,8 @@ class Runner:
             return None
         use_cache = node.cache and knowable and not options.force
         if use_cache and entry is not None:
-            outcome = self._from_entry(node, entry, "cached", "unchanged")
+            by = f"computed by another runner (run {entry.run_id})" if parked else "unchanged"
+            outcome = self._from_entry(node, entry, "cached", by)
             self._conclude(run_id, outcome, fp, inputs, options)
             return None
         if options.force:
@@ -380,10 +413,14 @@ class Runner:
             expect=node.expect,
             fingerprint=fp.digest,
             store_root=str(self.store.root),
+            store_url=self.store.url,
             project_dir=str(self.pipeline.project_dir),
             allow_outside_project=self.pipeline.allow_outside_project,
             kind_cls=node.kind_cls,
             pipeline=self.pipeline.name,
+            resources=node.resources,
+            retries=node.retries,
+            retry_delay=node.retry_delay,
         )
         if options.dry_run or executor is None:
             outcome = StageOutcome(
@@ -392,6 +429,17 @@ class Runner:
             if options.dry_run and _has_preview(node.kind_cls):
                 outcome.preview = preview_stage(task)
             self._conclude(run_id, outcome, fp, inputs, options)
+            return None
+        if not self._locks.acquire(fp.digest):  # another runner computes this fingerprint
+            self._parked[node.name] = (fp, knowable)
+            if parked is None:
+                wait_note = f"waiting for another runner computing {fp.digest[:12]}"
+                self.emit(StageProgress(run_id, node.name, done=0, total=None, unit=wait_note))
+            return None
+        if use_cache and not parked and (entry := self._cache_get(fp.digest)) is not None:
+            # recorded by another runner between the cache read above and taking the lock
+            by = f"computed by another runner (run {entry.run_id})"
+            self._conclude(run_id, self._from_entry(node, entry, "cached", by), fp, inputs, options)
             return None
         self.emit(
             StageStarted(
@@ -538,6 +586,8 @@ class Runner:
                 outputs={k: v.to_dict() for k, v in outcome.outputs.items()},
                 cache_entry=cache_entry,
             )
+            if fp is not None:
+                self._locks.release(fp.digest)  # recorded: a waiting runner finds it cached
         self.emit(
             StageFinished(
                 run_id=run_id,
