@@ -172,11 +172,14 @@ def make_executor(
     *,
     address: str | None = None,
     store_root: str = "",
+    local_root: str = "",
 ) -> Executor:
     """Build the executor named in the pipeline, Settings or ``--executor``.
 
     Ray and Prefect are imported only here, when asked for; without them installed the
-    error names the extra to install.
+    error names the extra to install. ``store_root`` is where workers reach the artifact store
+    (a path, or an object-store URL); ``local_root`` is this machine's store directory (for
+    state such as Prefect's home).
     """
     if kind == "ray":
         from ductwork.engines.ray import RayExecutor
@@ -185,7 +188,7 @@ def make_executor(
     if kind == "prefect":
         from ductwork.engines.prefect import PrefectExecutor
 
-        return PrefectExecutor(workers, store_root=store_root)
+        return PrefectExecutor(workers, store_root=local_root or store_root)
     if kind != "local":
         msg = f"unknown executor '{kind}'{did_you_mean(kind, EXECUTORS)}"
         raise UsageError(msg, hint="Use executor: local, ray or prefect (docs/executors.md).")

@@ -234,6 +234,7 @@ class Runner:
                 pool,
                 address=options.address or p.executor.address,
                 store_root=self.store.url or str(self.store.root),  # workers reach a URL
+                local_root=str(self.store.root),
             )
         )
         if not options.dry_run:

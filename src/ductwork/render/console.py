@@ -131,7 +131,10 @@ class ConsoleRenderer:
             row = self.rows.setdefault(event.stage, {})
             total = f"/{event.total:,.0f}" if event.total else ""
             pct = f" {100 * event.done / event.total:.0f}%" if event.total else ""
-            row["progress"] = f"{event.done:,.0f}{total} {event.unit}{pct}"
+            if event.unit.startswith("waiting"):  # no count: another runner holds the stage
+                row["progress"] = event.unit
+            else:
+                row["progress"] = f"{event.done:,.0f}{total} {event.unit}{pct}"
         elif isinstance(event, StageFinished):
             row = self.rows.setdefault(event.stage, {})
             row.update(
