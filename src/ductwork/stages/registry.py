@@ -26,6 +26,11 @@ KINDS: dict[str, str] = {
     "register": "ductwork.stages.register:Register",
     "predict": "ductwork.stages.predict:Predict",
     "python": "ductwork.stages.python:PythonStage",
+    "embed": "ductwork.stages.embed:Embed",
+    "index": "ductwork.stages.index:Index",
+    "generate": "ductwork.stages.generate:Generate",
+    "compress": "ductwork.stages.compress:Compress",
+    "report": "ductwork.stages.report:Report",
 }
 
 
