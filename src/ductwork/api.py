@@ -39,6 +39,7 @@ from ductwork.errors import StoreError, UsageError, did_you_mean
 if TYPE_CHECKING:
     import polars as pl
 
+    from ductwork.ml.feast import ExportedRepo
     from ductwork.ml.scoring_batch import ScoreSummary
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "artifact",
     "artifact_info",
     "export",
+    "export_feast",
     "export_prefect",
     "gc",
     "lineage",
@@ -63,6 +65,7 @@ __all__ = [
     "search",
     "show",
     "stage",
+    "tune_worker",
 ]
 
 
@@ -400,6 +403,89 @@ def export_prefect(
     from ductwork.engines.prefect import write_deployment
 
     return write_deployment(_as_pipeline(p), directory)
+
+
+def export_feast(
+    p: Pipeline | str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    stage_name: str,
+    *,
+    entities: Sequence[str],
+    output: str | None = None,
+    timestamp: str | None = None,
+    ttl: str | int = "1d",
+) -> ExportedRepo:
+    """Publish a stage's table as a Feast feature repository in a dir (docs/feature-store.md).
+
+    Needs no Feast: it writes feature_store.yaml, features.py and a Parquet copy of the table.
+    """
+    from ductwork.ml.feast import write_repo
+
+    pipe = _as_pipeline(p)
+    info = artifact_info(pipe, stage_name, output)
+    name = output or pipe.stages[stage_name].main_output
+    if info.type != "table":
+        msg = f"stage '{stage_name}' output '{name}' is {info.type}; Feast serves a table"
+        raise UsageError(msg, hint="Export a table output (features, transform, extract, ...).")
+    main = name == pipe.stages[stage_name].main_output
+    return write_repo(
+        info.path,
+        directory,
+        project=pipe.name,
+        view=stage_name if main else f"{stage_name}_{name}",
+        entities=entities,
+        timestamp=timestamp,
+        ttl=ttl,
+        origin=f"pipeline '{pipe.name}', stage '{stage_name}'" + ("" if main else f" ({name})"),
+        sha256=info.sha256,
+    )
+
+
+def tune_worker(
+    p: Pipeline | str | os.PathLike[str],
+    stage_name: str,
+    *,
+    jobs: int | None = None,
+    on_progress: Callable[[float, float | None, str], None] | None = None,
+) -> dict[str, Any]:
+    """Run trials of a tune stage's study in PostgreSQL from this process (docs/stages/tune.md).
+
+    The study is the one the stage computes from the latest artifacts of its inputs; trials are
+    claimed from the study's budget in the database, so this process, the stage's own and any
+    other worker together run exactly ``n_trials``. Nothing is published.
+    """
+    from ductwork.core.contract import InputArtifact, Inputs, StageContext
+    from ductwork.stages.tune import TuneParams, join_study
+
+    pipe = _as_pipeline(p)
+    if stage_name not in pipe.stages:
+        msg = f"no stage named '{stage_name}'{did_you_mean(stage_name, pipe.stages)}"
+        raise UsageError(msg, hint=f"Stages: {', '.join(pipe.stages)}")
+    node = pipe.stages[stage_name]
+    if node.kind != "tune" or not isinstance(node.params, TuneParams):
+        msg = f"stage '{stage_name}' is kind {node.kind}; a tune worker runs a tune stage's trials"
+        raise UsageError(msg)
+    proj = open_project(pipe)
+    infos: dict[str, ArtifactInfo] = {}
+    for local, ref in node.inputs.items():
+        outs, _ = _latest_outputs(proj, ref.stage)
+        out = ref.output or pipe.stages[ref.stage].main_output
+        infos[local] = proj.store.info(outs[out])
+    with proj.store.tmp_dir() as tmp:
+        ctx = StageContext(
+            stage=stage_name,
+            run_id=f"tune-worker-{os.getpid()}",
+            project_dir=pipe.project_dir,
+            work_dir=tmp,
+            allow_outside_project=pipe.allow_outside_project,
+            store_dir=proj.store.root,
+            pipeline=pipe.name,
+        )
+        if on_progress is not None:
+            ctx.progress_fn = on_progress
+        inputs = Inputs({n: InputArtifact(n, proj.store.localize(i)) for n, i in infos.items()})
+        summary = join_study(node.params, inputs, ctx, jobs=jobs)
+    return {**summary, "stage": stage_name, "log": list(ctx.logs)}
 
 
 def _flatten_nested(lf: pl.LazyFrame) -> pl.LazyFrame:

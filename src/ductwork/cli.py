@@ -373,6 +373,8 @@ def export() -> None:
       ductwork export joined out.parquet             a stage's latest artifact (= export artifact)
       ductwork export checked q.csv -o quarantine    a non-main output
       ductwork export prefect deploy/prefect         a Prefect flow module + prefect.yaml
+      ductwork export feast feature_repo --stage weather --entity origin
+                                                     a Feast feature repository
     """
 
 
@@ -424,6 +426,113 @@ def export_prefect(directory: str, pipeline_file: str) -> int:
         for path in paths:
             click.echo(f"wrote {path}")
         click.echo(f"next: cd {directory} && prefect deploy --all")
+    return 0
+
+
+@export.command("feast")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
+@PIPELINE_ARG
+@click.option("--stage", required=True, help="The stage whose table to publish.")
+@click.option("-o", "--output", help="Which output of the stage (default: its main output).")
+@click.option(
+    "--entity",
+    "entities",
+    multiple=True,
+    required=True,
+    help="The entity (join key) column; repeat for a composite key.",
+)
+@click.option("--timestamp", help="The event time column (default: the only datetime column).")
+@click.option(
+    "--ttl", default="1d", show_default=True, help="How long a value holds: 30m, 12h, 1d, 0 = ever."
+)
+@json_option
+def export_feast(
+    directory: str,
+    pipeline_file: str,
+    stage: str,
+    output: str | None,
+    entities: tuple[str, ...],
+    timestamp: str | None,
+    ttl: str,
+) -> int:
+    """Publish a stage's table as a Feast feature repository in DIR.
+
+    DIR gets feature_store.yaml (local provider, SQLite online store and registry in DIR/data,
+    file offline store), features.py (an Entity per key, a FileSource, a FeatureView with a
+    typed Field per column) and data/<stage>.parquet, a copy of the table. Feast is needed
+    only to apply and serve it (pip install 'ductwork[feast]'); see docs/feature-store.md.
+
+    \b
+    Examples:
+      ductwork export feast feature_repo --stage weather --entity origin --ttl 3h
+      cd feature_repo && feast apply && feast materialize START END
+    """
+    from ductwork import api
+
+    repo = api.export_feast(
+        pipeline_file,
+        directory,
+        stage,
+        entities=entities,
+        output=output,
+        timestamp=timestamp,
+        ttl=ttl,
+    )
+    if use_json():
+        _emit_json({"schema": "ductwork.export_feast/v1", **repo.to_dict()})
+        return 0
+    for path in repo.files:
+        click.echo(f"wrote {path}")
+    click.echo(
+        f"feature view '{repo.view}': {len(repo.features)} features, entity "
+        f"{', '.join(repo.entities)}, event time {repo.timestamp}"
+    )
+    for name, dtype in repo.skipped.items():
+        click.echo(f"left out {name} ({dtype}): Feast has no such type")
+    if repo.dropped_rows:
+        click.echo(f"left out {repo.dropped_rows:,} rows without a key or an event time")
+    window = ""
+    if repo.start is not None and repo.end is not None:
+        window = f" {repo.start:%Y-%m-%dT%H:%M:%S} {repo.end:%Y-%m-%dT%H:%M:%S}"
+    click.echo(f"next: cd {directory} && feast apply && feast materialize{window or ' START END'}")
+    return 0
+
+
+@cli.command("tune-worker")
+@PIPELINE_ARG
+@click.option("--stage", required=True, help="The tune stage whose study to work on.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Trials at a time in this worker (default: the stage's n_jobs).",
+)
+@json_option
+def tune_worker(pipeline_file: str, stage: str, jobs: int | None) -> int:
+    """Run trials of a tune stage's study in PostgreSQL, next to the stage (another machine).
+
+    The stage needs storage: postgresql://...; the worker joins the study the stage computes
+    (the same inputs: run the upstream stages first) and runs trials until the study has
+    n_trials. Every process claims its trials from the database, so all of them together run
+    exactly n_trials. The worker publishes nothing: the stage's run makes the outputs.
+
+    \b
+    Examples:
+      ductwork run --to tune                    on one machine (the stage and its n_jobs)
+      ductwork tune-worker --stage tune -j 4    on others, any time during the search
+    """
+    from ductwork import api
+
+    summary = api.tune_worker(pipeline_file, stage, jobs=jobs)
+    if use_json():
+        _emit_json({"schema": "ductwork.tune_worker/v1", **summary})
+        return 0
+    for line in summary["log"]:
+        click.echo(line)
+    click.echo(
+        f"ran {summary['trials_run']} trials of study '{summary['study']}' in {summary['storage']}; "
+        f"it has {summary['finished']} of {summary['n_trials']} finished trials"
+    )
     return 0
 
 

@@ -11,8 +11,13 @@ Storage: by default one journal file per study under ``<store>/optuna/``
 trials in threads and in processes on one host, and several times cheaper per trial than
 SQLite through ``RDBStorage`` (measured: ~8 ms vs ~40 ms per trial, and SQLite slowed down
 further with two writers; SQLite is not meant for concurrent writers). A database URL
-(``postgresql://...``, ``mysql://...``, ``sqlite:///file.db``) uses ``RDBStorage``; SQLite
-files get a 60 s lock timeout.
+(``postgresql://...``, ``mysql://...``, ``sqlite:///file.db``) uses ``RDBStorage`` with
+heartbeats (a trial whose process died is failed after the grace period and retried); SQLite
+files get a 60 s lock timeout. ``postgresql://`` means psycopg 3 (``postgresql+psycopg://``).
+
+A PostgreSQL study is shared (:class:`_Budget`): every process claims its next trial in the
+database under an advisory lock on the study, so the stage's processes and ``ductwork
+tune-worker`` processes on other machines (:func:`join`) together run exactly ``n_trials``.
 
 Parallel trials default to processes (this one and ``n_jobs - 1`` spawned workers):
 scikit-learn's per-tree and per-fold Python work holds the GIL, so threads only overlap the
@@ -109,28 +114,9 @@ def tune(
     target = storage_target(params, ctx, study_name)
     shown = target.shown
     study = _open_study(target.open(stage), study_name, metric, stage, shown)
-    existing = study.get_trials(deepcopy=False)
-    done = sum(t.state in FINISHED for t in existing)
-    remaining = max(0, params.n_trials - done)
-    # a resumed study continues the sampler's stream instead of replaying its first draws
-    study.sampler = optuna.samplers.TPESampler(seed=(params.seed + len(existing)) % 2**32)
-    study.pruner = _pruner(params, evaluation)
-    if done:
-        ctx.log(f"study '{study_name}' has {done} finished trials; running {remaining} more")
-    if params.pruner == "median" and evaluation.mode == "val":
-        ctx.log("pruner: median needs cv folds to compare; scoring on val prunes nothing")
-
-    ctx.progress(min(done, params.n_trials), params.n_trials, "trials")
-    processes = params.n_jobs > 1 and params.parallel == "process" and remaining > 1
-    if processes and _daemonic():
-        ctx.log("parallel: process is not possible in a daemonic process; using threads")
-        processes = False
-    if processes:
-        _optimize_processes(
-            study, params, evaluation, metric, remaining, done, len(existing), target, ctx
-        )
-    elif remaining:
-        _optimize_threads(study, params, evaluation, metric, remaining, done, len(existing), ctx)
+    existing, _ = _search(
+        study, params, evaluation, metric, target, ctx, n_jobs=params.n_jobs, worker=False
+    )
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -173,6 +159,161 @@ def tune(
     )
 
 
+def join(
+    params: TuneParams,
+    *,
+    train: pl.DataFrame,
+    val: pl.DataFrame | None,
+    transform: Path | None,
+    study_name: str,
+    ctx: StageContext,
+    n_jobs: int | None = None,
+) -> dict[str, Any]:
+    """Run trials of a shared study (PostgreSQL) until it has ``n_trials``; publish nothing.
+
+    What ``ductwork tune-worker`` runs on another machine next to the stage: the same folds,
+    objective and study name, trials claimed from the same budget in the database, so the
+    trials run by all the processes together are exactly what the stage asks for.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stage = ctx.stage
+    target = storage_target(params, ctx, study_name)
+    if not target.shared:
+        msg = (
+            f"stage '{stage}': a tune worker joins a study in PostgreSQL, and the storage is "
+            f"{target.shown}"
+        )
+        hint = (
+            "Set storage: postgresql://user@host/db on the stage (workers on one machine need "
+            "nothing: use n_jobs)."
+        )
+        raise UsageError(msg, hint=hint)
+    evaluation = prepare(params, train=train, val=val, transform=transform, stage=stage, ctx=ctx)
+    metric = _objective(params, evaluation.task, len(evaluation.classes), stage)
+    _check_search_names(params, evaluation.task, stage)
+    study = _open_study(target.open(stage), study_name, metric, stage, target.shown)
+    existing, ran = _search(
+        study, params, evaluation, metric, target, ctx, n_jobs=n_jobs or params.n_jobs, worker=True
+    )
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    return {
+        "study": study_name,
+        "storage": target.shown,
+        "n_trials": params.n_trials,
+        "trials_run": ran,  # by this worker
+        "trials_added": len(trials) - len(existing),  # by every worker while this one ran
+        "trials_total": len(trials),
+        "finished": counts["complete"] + counts["pruned"],
+        **counts,
+    }
+
+
+def _search(
+    study: optuna.Study,
+    params: TuneParams,
+    evaluation: Evaluation,
+    metric: Objective,
+    target: StorageTarget,
+    ctx: StageContext,
+    *,
+    n_jobs: int,
+    worker: bool,
+) -> tuple[list[FrozenTrial], int]:
+    """Run the trials the study still needs; return the trials it had before and how many
+    trials this process (with its threads and worker processes) ran."""
+    study_name = study.study_name
+    budget: _Budget | None = None
+    if target.shared:
+        budget = _Budget(target.url or "", study_name)
+        existing, done, remaining = budget.start(study, params.n_trials, keep=worker)
+    else:
+        existing = study.get_trials(deepcopy=False)
+        done = sum(t.state in FINISHED for t in existing)
+        remaining = max(0, params.n_trials - done)
+    # a resumed study continues the sampler's stream instead of replaying its first draws;
+    # a worker on another machine draws its own stream
+    salt = os.getpid() if worker else 0
+    study.sampler = optuna.samplers.TPESampler(seed=(params.seed + len(existing) + salt) % 2**32)
+    study.pruner = _pruner(params, evaluation)
+    if done or worker:
+        ctx.log(
+            f"study '{study_name}' has {done} finished trials; {remaining} more to run"
+            + (" (shared with other workers)" if budget is not None else "")
+        )
+    if params.pruner == "median" and evaluation.mode == "val" and not worker:
+        ctx.log("pruner: median needs cv folds to compare; scoring on val prunes nothing")
+
+    ctx.progress(min(done, params.n_trials), params.n_trials, "trials")
+    try:
+        ran = _run_search(
+            study,
+            params,
+            evaluation,
+            metric,
+            target,
+            ctx,
+            n_jobs,
+            budget,
+            done,
+            remaining,
+            existing,
+        )
+    finally:
+        if budget is not None:
+            budget.close()
+    return existing, ran
+
+
+def _run_search(
+    study: optuna.Study,
+    params: TuneParams,
+    evaluation: Evaluation,
+    metric: Objective,
+    target: StorageTarget,
+    ctx: StageContext,
+    n_jobs: int,
+    budget: _Budget | None,
+    done: int,
+    remaining: int,
+    existing: list[FrozenTrial],
+) -> int:
+    """Run the trials in processes, claimed threads (a shared study) or threads."""
+    running = budget is not None and budget.in_flight(study) > 0
+    processes = n_jobs > 1 and params.parallel == "process" and remaining > 1
+    if processes and _daemonic():
+        ctx.log("parallel: process is not possible in a daemonic process; using threads")
+        processes = False
+    ran = 0
+    if processes:
+        ran = _optimize_processes(
+            study,
+            params,
+            evaluation,
+            metric,
+            remaining,
+            done,
+            len(existing),
+            target,
+            ctx,
+            n_jobs=n_jobs,
+            budget=budget,
+        )
+    elif budget is not None and (remaining or running):
+        # this process claims trials from the database (and waits for other workers' last
+        # trials, to retry one whose worker dies)
+        threads = min(n_jobs, max(1, remaining))
+        ran = _optimize_claimed_threads(
+            study, params, evaluation, metric, done, len(existing), target, ctx, threads, budget
+        )
+    elif remaining:
+        _optimize_threads(
+            study, params, evaluation, metric, remaining, done, len(existing), ctx, n_jobs
+        )
+        ran = remaining
+    return ran
+
+
 def _pruner(params: TuneParams, evaluation: Evaluation) -> optuna.pruners.BasePruner:
     if params.pruner == "median" and evaluation.mode == "cv":
         return optuna.pruners.MedianPruner()
@@ -188,6 +329,7 @@ def _optimize_threads(
     done: int,
     first: int,
     ctx: StageContext,
+    n_jobs: int,
 ) -> None:
     """Run the trials in this process: one at a time, or ``n_jobs`` threads."""
     lock = threading.Lock()
@@ -199,7 +341,7 @@ def _optimize_threads(
                 finished[0] += 1
                 ctx.progress(min(finished[0], params.n_trials), params.n_trials, "trials")
 
-    n_jobs = min(params.n_jobs, remaining)
+    n_jobs = min(n_jobs, remaining)
     threads = max(1, cpu_count() // n_jobs) if n_jobs > 1 else None
     objective_fn = make_objective(params, evaluation, metric, threads=threads)
     # failed trials are logged here, one line each, instead of by Optuna with a traceback
@@ -239,14 +381,25 @@ class _Job:
 
 
 class _Claims:
-    """Trials handed out across processes: one lock, counters in shared memory."""
+    """Trials handed out across processes: one lock, counters in shared memory.
 
-    def __init__(self, mpc: Any) -> None:
+    With a ``budget`` (a study shared through PostgreSQL) the trials are counted in the
+    database instead, under a lock there, so processes on other machines take part.
+    """
+
+    def __init__(self, mpc: Any, budget: _Budget | None = None) -> None:
         self.lock = mpc.Lock()
         self.claimed = mpc.RawValue("i", 0)  # trials started
         self.running = mpc.RawValue("i", 0)  # trials started and not yet told to the storage
         self.finished = mpc.RawValue("i", 0)  # complete or pruned
         self.stop = mpc.RawValue("i", 0)  # set when a worker failed: start no more
+        self.budget = budget
+
+    def take(self, job: _Job, study: optuna.Study) -> bool:
+        """Claim the next trial: from the shared budget in the database, or :meth:`claim`."""
+        if self.budget is not None:
+            return self._claim_shared(job, study, self.budget)
+        return self.claim(job)
 
     def claim(self, job: _Job) -> bool:
         """Take the next trial, unless all are taken, the time is up or the run stopped."""
@@ -261,28 +414,273 @@ class _Claims:
             self.running.value += 1
             return True
 
+    def _claim_shared(self, job: _Job, study: optuna.Study, budget: _Budget) -> bool:
+        while True:
+            with self.lock:
+                late = job.deadline is not None and time.time() >= job.deadline
+                if self.stop.value or not _alive(job.parent):
+                    return False
+                if late and self.claimed.value > 0:
+                    return False
+            verdict = budget.claim(study)
+            if verdict == "run":  # the database lock is held until the trial exists
+                with self.lock:
+                    self.claimed.value += 1
+                    self.running.value += 1
+                return True
+            if verdict == "done":
+                return False
+            time.sleep(budget.poll)  # others' trials are running: one may need a retry
+
     def done(self, trial: FrozenTrial | None) -> None:
+        if trial is None and self.budget is not None:
+            self.budget.release()  # the trial was not created (an error before it)
         with self.lock:
             if trial is None:
                 self.running.value -= 1
             elif trial.state in FINISHED:
                 self.finished.value += 1
 
+    def wrap(self, fn: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        """The objective, releasing the budget's database lock once Optuna created the trial."""
+        budget = self.budget
+        if budget is None:
+            return fn
+        import socket
+
+        who = f"{socket.gethostname()}:{os.getpid()}"
+
+        def run(trial: optuna.Trial) -> float:
+            budget.release()
+            trial.set_user_attr(WORKER_ATTR, who)  # which machine and process ran it
+            return fn(trial)
+
+        return run
+
 
 def _run_claimed(
     study: optuna.Study, objective_fn: Callable[[optuna.Trial], float], job: _Job, claims: _Claims
 ) -> None:
     """Run trials while there are some to claim (in the stage's process or a worker)."""
-    while claims.claim(job):
+    run = claims.wrap(objective_fn)
+    while claims.take(job, study):
         try:
             study.optimize(
-                objective_fn,
+                run,
                 n_trials=1,
                 catch=(ValueError,),
                 callbacks=[lambda _, trial: claims.done(trial)],
             )
         finally:
             claims.done(None)
+
+
+BUDGET_ATTR = "ductwork_trial_budget"  # study user attr: {n_trials, trials}
+WORKER_ATTR = "ductwork_worker"  # trial user attr: host:pid of the process that ran it
+
+
+class _Budget:
+    """The trials of a study shared through PostgreSQL, counted in the database.
+
+    A trial is claimed under a PostgreSQL advisory lock on the study (on a connection of the
+    claiming thread, held until Optuna created the trial), so processes on any machine share
+    one count. The budget is the number of trials the study may have: ``n_trials`` plus the
+    failed trials it had when the stage started (a session's own failures are not replaced,
+    as without a database). A trial failed by its heartbeat and retried does not count: its
+    retry (a WAITING trial, taken first by whoever claims next) does. A process with nothing to
+    claim waits while other trials run: if one's worker dies, its trial goes stale after the
+    grace period, and the next claim fails it and runs the retry.
+    """
+
+    poll = 0.5  # seconds between looks at a study whose last trials run elsewhere
+
+    def __init__(self, url: str, study: str) -> None:
+        from ductwork.core.locks import advisory_key
+
+        self.url = url
+        self.study = study
+        self.key = advisory_key(f"ductwork:tune:{study}")
+        self._engine: Any = None
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:  # to worker processes: no engine, no lock
+        return {"url": self.url, "study": self.study, "key": self.key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._engine = None
+        self._local = threading.local()
+
+    def acquire(self) -> None:
+        import sqlalchemy
+
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.url, pool_pre_ping=True)
+        try:
+            conn = self._engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # the server went away
+            reason = _first_line(exc)
+            secret = _password(self.url)
+            if secret:
+                reason = reason.replace(secret, "***")
+            msg = f"study '{self.study}': cannot take the trial lock in PostgreSQL: {reason}"
+            hint = "Check the server, then run again: the study resumes."
+            raise SourceError(msg, hint=hint) from None
+        try:
+            conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": self.key})
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+
+    def close(self) -> None:
+        """Close this process's connections (the lock's; the study's are Optuna's)."""
+        self.release()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def release(self) -> None:
+        import sqlalchemy
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        try:
+            conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": self.key})
+            conn.commit()
+        finally:
+            conn.close()
+
+    def start(
+        self, study: optuna.Study, n_trials: int, *, keep: bool
+    ) -> tuple[list[FrozenTrial], int, int]:
+        """Set the budget for ``n_trials`` (a worker keeps one the stage set for the same
+        ``n_trials``); return the trials so far, the finished ones and how many more to run."""
+        self.acquire()
+        try:
+            _fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            flying = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+            current = study.user_attrs.get(BUDGET_ATTR)
+            if not (keep and isinstance(current, dict) and current.get("n_trials") == n_trials):
+                failed = _slots(trials) - finished - flying
+                study.set_user_attr(
+                    BUDGET_ATTR, {"n_trials": n_trials, "trials": n_trials + failed}
+                )
+        finally:
+            self.release()
+        return trials, finished, max(0, n_trials - finished - flying)
+
+    def claim(self, study: optuna.Study) -> Literal["run", "wait", "done"]:
+        """``run`` (the lock is held: release it once the trial exists), ``wait`` or ``done``."""
+        self.acquire()
+        try:
+            _fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            budget = study.user_attrs.get(BUDGET_ATTR) or {}
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if waiting or _slots(trials) < int(budget.get("trials", 0)):
+                return "run"
+            running = any(t.state == TrialState.RUNNING for t in trials)
+        except BaseException:
+            self.release()
+            raise
+        self.release()
+        return "wait" if running else "done"
+
+    def in_flight(self, study: optuna.Study) -> int:
+        states = (TrialState.RUNNING, TrialState.WAITING)
+        return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _slots(trials: list[FrozenTrial]) -> int:
+    """Trials that count against the budget: all but those failed by heartbeat and retried."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return len(trials) - len(retried)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail the running trials whose heartbeat stopped (their retries become WAITING)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _optimize_claimed_threads(
+    study: optuna.Study,
+    params: TuneParams,
+    evaluation: Evaluation,
+    metric: Objective,
+    done: int,
+    first: int,
+    target: StorageTarget,
+    ctx: StageContext,
+    n_jobs: int,
+    budget: _Budget,
+) -> int:
+    """Claim trials from the shared study's budget in this process (``n_jobs`` threads);
+    return how many ran."""
+    import multiprocessing as mp
+
+    claims = _Claims(mp.get_context("spawn"), budget)
+    deadline = time.time() + params.timeout if params.timeout is not None else None
+    job = _Job(
+        params=params,
+        study_name=study.study_name,
+        storage=target,
+        evaluation="",
+        metric=metric,
+        seed=params.seed,
+        threads=max(1, cpu_count() // n_jobs),
+        trials=params.n_trials,
+        deadline=deadline,
+        parent=os.getpid(),
+    )
+    threads = max(1, cpu_count() // n_jobs) if n_jobs > 1 else None
+    objective_fn = make_objective(params, evaluation, metric, threads=threads)
+    progress_lock = threading.Lock()
+
+    def loop() -> None:
+        run = claims.wrap(objective_fn)
+        try:
+            while claims.take(job, study):
+                try:
+                    study.optimize(run, n_trials=1, catch=(ValueError,), callbacks=[report])
+                finally:
+                    claims.done(None)
+        except BaseException:
+            claims.stop.value = 1  # the other threads start no more trials
+            raise
+
+    def report(_: optuna.Study, trial: FrozenTrial) -> None:
+        claims.done(trial)
+        with progress_lock:
+            ctx.progress(
+                min(done + claims.finished.value, params.n_trials), params.n_trials, "trials"
+            )
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if n_jobs == 1:
+                loop()
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(n_jobs, thread_name_prefix="ductwork-tune") as pool:
+                    for future in [pool.submit(loop) for _ in range(n_jobs)]:
+                        future.result()
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _log_failures(ctx, study, first=first)
+    for line in _warning_lines(caught):
+        ctx.log(line)
+    return int(claims.claimed.value)
 
 
 def _optimize_processes(
@@ -295,7 +693,10 @@ def _optimize_processes(
     first: int,
     target: StorageTarget,
     ctx: StageContext,
-) -> None:
+    *,
+    n_jobs: int,
+    budget: _Budget | None = None,
+) -> int:
     """Run the trials in this process and ``n_jobs - 1`` worker processes sharing the study.
 
     Scikit-learn's per-tree and per-fold Python work holds the GIL, so threads overlap only the
@@ -312,11 +713,11 @@ def _optimize_processes(
 
     from threadpoolctl import threadpool_limits
 
-    n_procs = min(params.n_jobs, remaining)
+    n_procs = min(n_jobs, remaining)
     directory = ctx.tmp_dir / "tune-folds"
     save_evaluation(evaluation, directory)
     mpc: Any = mp.get_context("spawn")
-    claims = _Claims(mpc)
+    claims = _Claims(mpc, budget)
     messages: Any = mpc.Queue()
     deadline = time.time() + params.timeout if params.timeout is not None else None
     threads = max(1, cpu_count() // n_procs)
@@ -371,10 +772,11 @@ def _optimize_processes(
         ctx.log(f"running {remaining} trials in this process and {len(procs)} worker processes")
         with threadpool_limits(threads), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            while claims.claim(own):
+            run = claims.wrap(objective_fn)
+            while claims.take(own, study):
                 try:
                     study.optimize(
-                        objective_fn,
+                        run,
                         n_trials=1,
                         catch=(ValueError,),
                         callbacks=[lambda s, t: claims.done(t), report],
@@ -423,6 +825,7 @@ def _optimize_processes(
                 "trials (a script that runs ductwork needs `if __name__ == '__main__':`, as "
                 "worker processes import the main module); the trials ran in this process"
             )
+    return int(claims.claimed.value)
 
 
 def _worker(job: _Job, claims: _Claims, messages: Any) -> None:
@@ -855,6 +1258,14 @@ class StorageTarget:
     journal: str | None = None  # the journal file's path
     url: str | None = None  # a database URL (with its secrets: never show it)
     shown: str = ""  # how to show it: the path relative to the store, or the redacted URL
+    heartbeat_interval: int | None = None  # database storage: running trials' heartbeats
+    grace_period: int | None = None  # without a heartbeat this long a running trial is failed
+    max_retry: int = 1  # re-runs of a trial failed by its heartbeat
+
+    @property
+    def shared(self) -> bool:
+        """A PostgreSQL study: trials are counted in the database, workers may join it."""
+        return self.url is not None and _scheme(self.url) in ("postgresql", "postgres")
 
     def open(self, stage: str = "") -> optuna.storages.BaseStorage:
         if self.journal is not None:
@@ -864,7 +1275,19 @@ class StorageTarget:
         assert self.url is not None
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else None
         try:
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs)
+            with warnings.catch_warnings():  # heartbeats are "experimental" (since Optuna 2.8)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                heartbeat: dict[str, Any] = {}
+                if self.heartbeat_interval is not None:
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback
+                    heartbeat = {
+                        "heartbeat_interval": self.heartbeat_interval,
+                        "grace_period": self.grace_period or 3 * self.heartbeat_interval,
+                        "heartbeat_stale_trial_callback": retry(max_retry=self.max_retry),
+                    }
+                return optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=engine_kwargs, **heartbeat
+                )
         except Exception as exc:  # sqlalchemy's errors: bad URL, unreachable server, no driver
             reason = _first_line(exc)
             secret = _password(self.url)
@@ -888,7 +1311,24 @@ def storage_target(params: TuneParams, ctx: StageContext, study_name: str) -> St
         path = ctx.resolve_path(url.removeprefix("sqlite:///"), what="storage")
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
-    return StorageTarget(url=url, shown=shown)
+    if url.split("://", 1)[0] in ("postgresql", "postgres"):
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; ductwork's sql extra has psycopg 3
+        from ductwork.errors import import_optional
+
+        import_optional("psycopg", extra="sql", feature=f"stage '{ctx.stage}': storage {shown}")
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return StorageTarget(
+        url=url,
+        shown=shown,
+        heartbeat_interval=params.heartbeat_interval,
+        grace_period=params.grace_period,
+        max_retry=params.max_retry,
+    )
+
+
+def _scheme(url: str) -> str:
+    """The database of a SQLAlchemy URL: ``postgresql`` for ``postgresql+psycopg://...``."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower()
 
 
 def journal_file_name(study: str) -> str:

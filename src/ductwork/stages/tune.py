@@ -16,7 +16,9 @@ study name hashes the params (without ``n_trials``, ``timeout``, ``n_jobs``, ``p
 stopped, and a changed search space or changed data starts a new study. ``n_trials`` is the
 number of finished (complete or pruned) trials the study should have: a resumed run only runs
 the rest. With ``n_jobs > 1`` trials run in worker processes sharing the study's storage
-(``parallel: process``, the default) or in threads (``parallel: thread``).
+(``parallel: process``, the default) or in threads (``parallel: thread``). A PostgreSQL storage
+is shared with ``ductwork tune-worker`` processes on other machines (:func:`join_study`); every
+database storage has heartbeats, so a dead worker's trial is failed and retried.
 
 Outputs: ``best_params`` (json: ``params`` is the best trial's values merged with the fixed
 params, what ``train`` takes as its ``params`` input), ``trials`` (one row per trial) and
@@ -48,7 +50,10 @@ from ductwork.errors import DataError, did_you_mean
 
 INPUT_NAMES = ("train", "val", "transform")
 # params that do not change what the search is: left out of the default study name
-_NOT_IN_STUDY = ("n_trials", "timeout", "n_jobs", "parallel", "storage", "study")
+_NOT_IN_STUDY = (
+    "n_trials", "timeout", "n_jobs", "parallel", "storage", "study", "heartbeat_interval",
+    "grace_period", "max_retry",
+)  # fmt: skip
 
 Choice = str | bool | int | float | None
 
@@ -223,6 +228,21 @@ class TuneParams(StageParams):
         default=None,
         description="The study name; default <pipeline>-<stage>-<hash of the search and data>.",
     )
+    heartbeat_interval: int = Field(
+        default=10,
+        ge=1,
+        description="Database storage: seconds between a running trial's heartbeats, so a "
+        "trial whose worker died is failed and retried.",
+    )
+    grace_period: int | None = Field(
+        default=None,
+        ge=2,
+        description="Database storage: seconds without a heartbeat after which a running trial "
+        "is failed; default 3 x heartbeat_interval.",
+    )
+    max_retry: int = Field(
+        default=1, ge=0, description="Database storage: re-runs of a trial whose worker died."
+    )
 
     @field_validator("storage", mode="before")
     @classmethod
@@ -274,6 +294,12 @@ class TuneParams(StageParams):
         both = sorted(set(self.search_space) & set(self.params))
         if both:
             msg = f"param '{both[0]}' is both fixed (params) and searched (search_space)"
+            raise ValueError(msg)
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            msg = (
+                f"grace_period ({self.grace_period}) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval}), or every running trial looks dead"
+            )
             raise ValueError(msg)
         if self.metric is not None and self.task is not None:
             obj = OBJECTIVES[self.metric]
@@ -370,6 +396,35 @@ class Tune(StageKind[TuneParams]):
                 f"trials: the table has {rows} rows, the study {best['n_trials_total']} trials"
             )
         return problems
+
+
+def join_study(
+    params: TuneParams, inputs: Inputs, ctx: StageContext, *, jobs: int | None = None
+) -> dict[str, Any]:
+    """Run trials of the stage's study from another process (``ductwork tune-worker``).
+
+    The study is the one the stage itself computes (the same name from the same params and
+    input artifacts) in its PostgreSQL storage; the worker runs trials until the study has
+    ``n_trials`` and publishes nothing: the stage's run makes the outputs.
+    """
+    from ductwork.ml import require_ml
+
+    require_ml("the tune stage")
+    from ductwork.errors import import_optional
+
+    import_optional("optuna", extra="ml", feature="the tune stage")
+    from ductwork.ml import tuning
+
+    _check_input_names(ctx.stage, inputs)
+    return tuning.join(
+        params,
+        train=inputs["train"].frame(),
+        val=inputs["val"].frame() if "val" in inputs else None,
+        transform=inputs["transform"].path if "transform" in inputs else None,
+        study_name=params.study or default_study_name(params, inputs, ctx),
+        ctx=ctx,
+        n_jobs=jobs,
+    )
 
 
 def default_study_name(params: TuneParams, inputs: Inputs, ctx: StageContext) -> str:
