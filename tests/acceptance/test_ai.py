@@ -146,8 +146,11 @@ def test_capstone_a_failing_model_keeps_the_work_before_it(
         "report": "skipped",
     }
     assert server.requests == 4  # the one request, tried 1 + max_retries (3) times
-    # the request's row went to quarantine; the stage's `expect` turns "no answer" into a failure
-    assert "expect 'row_count' failed: the table has 0 rows" in failed["error"]["message"]
+    # no row got an answer: the stage fails (not an empty output), naming the HTTP error
+    message = failed["error"]["message"]
+    assert "1 of 1 rows got no answer from the anthropic API after 3 retries" in message
+    assert "HTTP 500" in message
+    assert "--only analyse" in failed["error"]["hint"]
     assert not (analysis.cwd / "out" / "analysis").exists()
 
     # still failing: what was made before the model is kept and reused, the model is asked again
