@@ -192,6 +192,16 @@ def test_schema_in_the_prompt_modes(server: LLMTestServer, provider: str, mode: 
         assert "response_format" not in body
 
 
+def test_json_object_schema_sends_the_schema_for_constrained_decoding(
+    server: LLMTestServer,
+) -> None:
+    out = complete(config(server, "openai", structured="json_object_schema"), ask())
+    assert out.data["category"] == "networking"
+    (body,) = server.bodies
+    assert body["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    assert body["messages"][-1]["content"] == DOCSTRING  # the grammar carries the schema
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_plain_text_without_a_schema(server: LLMTestServer, provider: str) -> None:
     out = complete(config(server, provider), LLMRequest(prompt="Say hello. Then stop."))

@@ -23,7 +23,9 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 ProviderName = Literal["anthropic", "openai"]
-StructuredMode = Literal["auto", "tool", "json_schema", "json_object", "prompt"]
+StructuredMode = Literal[
+    "auto", "tool", "json_schema", "json_object", "json_object_schema", "prompt"
+]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ retries (the SDK's own retries are off): retries, rate limits and budgets belong
   the prompt and parses the text (for Anthropic-compatible servers without tool use).
 * **openai** (OpenAI, vLLM, llama.cpp, Ollama...): ``POST {base_url}/chat/completions``.
   ``structured``: ``json_schema`` (``auto``) sends ``response_format: {type: json_schema,
-  json_schema: {name, schema, strict: true}}``; ``json_object`` sends ``{type: json_object}``
+  json_schema: {name, schema, strict: true}}``; ``json_object_schema`` sends ``{type:
+  json_object, schema}`` (llama.cpp servers constrain decoding to the schema with it);
+  ``json_object`` sends ``{type: json_object}``
   and the schema in the prompt; ``prompt`` only puts the schema in the prompt.
 
 The answer is not validated here: ``data`` is the parsed JSON (or ``None`` when the model
@@ -48,7 +50,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every status >= 500 (529 = 
 _FINAL_CODES = frozenset({"insufficient_quota", "enforced_spend_limit_reached", "billing_error"})
 _MODES = {
     "anthropic": ("auto", "tool", "prompt"),
-    "openai": ("auto", "json_schema", "json_object", "prompt"),
+    "openai": ("auto", "json_schema", "json_object", "json_object_schema", "prompt"),
 }
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?```$", re.S)
@@ -386,6 +388,9 @@ class OpenAIProvider:
             }
         elif request.schema is not None and mode == "json_object":
             body["response_format"] = {"type": "json_object"}
+        elif request.schema is not None and mode == "json_object_schema":
+            # llama-cpp-python's server turns the schema into a grammar: valid by construction
+            body["response_format"] = {"type": "json_object", "schema": dict(request.schema)}
         body.update(request.extra)
         return body
 

@@ -525,6 +525,8 @@ def _summarise(api: str, body: Mapping[str, Any]) -> LLMCall:
         if fmt.get("type") == "json_schema":
             spec = fmt.get("json_schema") or {}
             schema, name = spec.get("schema") or {"type": "object"}, spec.get("name")
+        elif fmt.get("type") == "json_object" and isinstance(fmt.get("schema"), dict):
+            schema = fmt["schema"]  # llama.cpp servers' schema-constrained JSON
         else:
             schema = schema_in_text(prompt) or schema_in_text(system or "")
             if schema is None and fmt.get("type") == "json_object":

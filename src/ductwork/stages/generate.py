@@ -60,7 +60,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 _STRUCTURED = {
     "anthropic": ("auto", "tool", "prompt"),
-    "openai": ("auto", "json_schema", "json_object", "prompt"),
+    "openai": ("auto", "json_schema", "json_object", "json_object_schema", "prompt"),
 }
 
 
@@ -95,7 +95,9 @@ class GenerateParams(StageParams):
         description="The NAME of the env var holding the key (default ANTHROPIC_API_KEY / "
         "OPENAI_API_KEY).",
     )
-    structured: Literal["auto", "tool", "json_schema", "json_object", "prompt"] = Field(
+    structured: Literal[
+        "auto", "tool", "json_schema", "json_object", "json_object_schema", "prompt"
+    ] = Field(
         default="auto",
         description="How the answer's structure is asked for (auto: the provider's best).",
     )
