@@ -11,29 +11,55 @@ and appended, one Parquet row group per chunk, to the output::
 Every input row ends up in exactly one of the two outputs; the counts are checked at the end.
 Outputs are written to a temporary file next to the target and moved into place on success,
 so a failed run leaves no half-written file.
+
+With ``fan_out="ray"`` (or ``"auto"`` inside a Ray worker, i.e. under ``executor: ray``) the
+chunks are scored by Ray tasks spread over the cluster instead (:func:`_score_on_ray`): this
+process still reads the input and writes both outputs, in input order, so the files are the
+same as a local run's; only the validate-and-predict step moves. Ray is imported only then.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
+import logging
 import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 import polars as pl
 
-from ductwork.errors import DataError, InvariantError, did_you_mean
+from ductwork.errors import (
+    DataError,
+    DuctworkError,
+    InvariantError,
+    SourceError,
+    did_you_mean,
+    import_optional,
+)
 from ductwork.ml.bundle import FAILED, META_FILE, PREDICTION, ROW, Bundle
 from ductwork.ml.resolve import load_bundle, parse_ref
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MODEL_VERSION = "model_version"
 DEFAULT_CHUNK_ROWS = 250_000
 Engine = Literal["sklearn", "onnx"]
 OnInvalid = Literal["quarantine", "fail"]
+FanOut = Literal["auto", "none", "ray"]
 Progress = Callable[[float, float | None, str], None]
+Predictor = Callable[[pl.DataFrame], pl.DataFrame]
 _SHOWN_CATEGORIES = 10
 
 
@@ -50,13 +76,20 @@ class ScoreSummary:
     output: str = ""
     quarantine: str | None = None  # None when no quarantine file was written
     seconds: float = 0.0
+    fan_out: str = "none"  # where the chunks were scored: none (this process) or ray
+    chunks: int = 0
+    chunk_workers: dict[str, int] = field(default_factory=dict)  # "host:pid" -> chunks (ray)
 
     @property
     def rows_per_s(self) -> float:
         return self.rows_in / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
+        """The ``ductwork.predict/v1`` summary (the fan-out fields are the stage's metrics)."""
+        doc = asdict(self)
+        for key in ("fan_out", "chunks", "chunk_workers"):
+            doc.pop(key)
+        return {**doc, "rows_per_s": round(self.rows_per_s, 1)}
 
 
 # -------------------------------------------------------------------------- model references
@@ -237,6 +270,8 @@ def score_file(
     rows_total: int | None = None,
     write_empty_quarantine: bool = True,
     context: str = "predict",
+    fan_out: FanOut = "none",
+    ray_address: str | None = None,
 ) -> ScoreSummary:
     """Predict every row of ``source`` into ``output_path`` (Parquet, or CSV by suffix).
 
@@ -246,10 +281,18 @@ def score_file(
     input columns copied to the output (ids). The quarantine file is written even when empty
     unless ``write_empty_quarantine`` is false (or ``quarantine_path`` is None, which needs
     ``on_invalid="fail"``). ``context`` starts every error message (the stage, or ``predict``).
+
+    ``fan_out`` says where the chunks are scored: ``none`` here; ``ray`` as Ray tasks on the
+    cluster this process is connected to, else the one at ``ray_address`` (``RAY_ADDRESS``, or a
+    local cluster started for the call); ``auto`` on Ray when this process is a Ray worker and
+    the input has more than one chunk, else here. The outputs are the same files either way.
     """
     started = time.perf_counter()
     if chunk_rows < 1:
         msg = f"{context}: chunk_rows must be at least 1, not {chunk_rows}"
+        raise DataError(msg)
+    if fan_out not in ("auto", "none", "ray"):
+        msg = f"{context}: unknown fan_out '{fan_out}' (auto, none or ray)"
         raise DataError(msg)
     q_path = Path(quarantine_path) if quarantine_path is not None else None
     if q_path is None and on_invalid != "fail":
@@ -268,7 +311,12 @@ def score_file(
     lf = lf.select(columns)
     if rows_total is None:
         rows_total = _rows_total(lf, source)
-    predict = _predictor(bundle, engine, context)
+    on_ray = _use_ray(fan_out, rows_total, chunk_rows)
+    if engine not in ("sklearn", "onnx"):
+        msg = f"{context}: unknown engine '{engine}' (sklearn or onnx)"
+        raise DataError(msg)
+    # on Ray the workers load the model; here only for local scoring
+    predict = None if on_ray else _predictor(bundle, engine, context)
 
     out_schema = pl.Schema(
         [
@@ -280,64 +328,135 @@ def score_file(
     q_schema = pl.Schema(
         [*((c, schema[c]) for c in columns), (FAILED, pl.List(pl.String())), (ROW, pl.Int64())]
     )
-    sink = _Sink(Path(output_path), out_schema)
-    quarantine: _Sink | None = None
-    reasons: dict[str, int] = {}
-    rows_in = scored = 0
+    spec = _ChunkSpec(
+        keep=tuple(keep),
+        model_version=model_version,
+        fail=on_invalid == "fail" or q_path is None,
+        context=context,
+    )
+    out = _Outputs(Path(output_path), out_schema, q_path, q_schema, progress, rows_total)
+    workers: dict[str, int] = {}
     try:
-        for chunk in _chunks(lf, chunk_rows, source):
-            valid, bad = bundle.validate(chunk, offset=rows_in)
-            if bad.height:
-                if on_invalid == "fail" or q_path is None:
-                    raise _first_problem(context, bundle, bad)
-                if quarantine is None:
-                    quarantine = _Sink(q_path, q_schema)
-                quarantine.write(bad)
-                for reason, n in bad.get_column(FAILED).explode().value_counts().iter_rows():
-                    reasons[str(reason)] = reasons.get(str(reason), 0) + int(n)
-                kept = _valid_rows(chunk, bad, rows_in).select(keep) if keep else None
-            else:
-                kept = chunk.select(keep) if keep else None
-            if valid.height:
-                predicted = predict(valid)
-                parts = [predicted.with_columns(pl.lit(model_version).alias(MODEL_VERSION))]
-                if kept is not None:
-                    parts.insert(0, kept)
-                sink.write(pl.concat(parts, how="horizontal"))
-            rows_in += chunk.height
-            scored += valid.height
-            if progress is not None:
-                progress(rows_in, rows_total, "rows")
-        quarantined = quarantine.rows if quarantine is not None else 0
-        if rows_in != scored + quarantined or sink.rows != scored:
+        if predict is not None:
+            for chunk in _chunks(lf, chunk_rows, source):
+                predicted, bad = _score_chunk(bundle, predict, chunk, out.rows_in, spec)
+                out.add(chunk.height, predicted, bad)
+        else:
+            with _ray_session(context, ray_address) as ray:
+                workers = _score_on_ray(
+                    ray, _chunks(lf, chunk_rows, source), bundle, engine, spec, out, chunk_rows
+                )
+        quarantined = out.quarantine.rows if out.quarantine is not None else 0
+        rows_in, scored = out.rows_in, out.scored
+        if rows_in != scored + quarantined or out.sink.rows != scored:
             msg = (
-                f"{context}: {rows_in:,} rows in, but {sink.rows:,} predicted and "
+                f"{context}: {rows_in:,} rows in, but {out.sink.rows:,} predicted and "
                 f"{quarantined:,} quarantined"
             )
             raise InvariantError(msg)
         if rows_total is not None and rows_total != rows_in:
             msg = f"{context}: the input has {rows_total:,} rows but {rows_in:,} were read"
             raise InvariantError(msg)
-        if quarantine is None and q_path is not None and write_empty_quarantine:
-            quarantine = _Sink(q_path, q_schema)
-        sink.commit()
-        written = str(quarantine.commit()) if quarantine is not None else None
+        if out.quarantine is None and q_path is not None and write_empty_quarantine:
+            out.quarantine = _Sink(q_path, q_schema)
+        out.sink.commit()
+        written = str(out.quarantine.commit()) if out.quarantine is not None else None
     except BaseException:
-        sink.discard()
-        if quarantine is not None:
-            quarantine.discard()
+        out.discard()
         raise
     return ScoreSummary(
         rows_in=rows_in,
         rows_scored=scored,
         rows_quarantined=quarantined,
-        reasons=dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        reasons=dict(sorted(out.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         model_version=model_version,
         engine=engine,
         output=str(output_path),
         quarantine=written,
         seconds=time.perf_counter() - started,
+        fan_out="ray" if on_ray else "none",
+        chunks=out.chunks,
+        chunk_workers=dict(sorted(workers.items())),
     )
+
+
+@dataclass(frozen=True)
+class _ChunkSpec:
+    """What scoring one chunk needs besides the model: the same here and on a Ray worker."""
+
+    keep: tuple[str, ...]
+    model_version: str
+    fail: bool  # an invalid row raises (on_invalid: fail) instead of going to the quarantine
+    context: str
+
+
+def _score_chunk(
+    bundle: Bundle, predict: Predictor, chunk: pl.DataFrame, offset: int, spec: _ChunkSpec
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """One chunk's predictions (None: no valid row) and quarantined rows (None: none).
+
+    ``offset`` is the chunk's first row in the input (``_row`` counts from it). The one
+    function both paths call, so local and fanned-out scoring give the same rows.
+    """
+    valid, bad = bundle.validate(chunk, offset=offset)
+    if bad.height:
+        if spec.fail:
+            raise _first_problem(spec.context, bundle, bad)
+        kept = _valid_rows(chunk, bad, offset).select(spec.keep) if spec.keep else None
+    else:
+        kept = chunk.select(spec.keep) if spec.keep else None
+    if not valid.height:
+        return None, bad if bad.height else None
+    predicted = predict(valid)
+    parts = [predicted.with_columns(pl.lit(spec.model_version).alias(MODEL_VERSION))]
+    if kept is not None:
+        parts.insert(0, kept)
+    return pl.concat(parts, how="horizontal"), bad if bad.height else None
+
+
+class _Outputs:
+    """The two output files and the counts, fed one scored chunk at a time, in input order."""
+
+    def __init__(
+        self,
+        path: Path,
+        schema: pl.Schema,
+        q_path: Path | None,
+        q_schema: pl.Schema,
+        progress: Progress | None,
+        rows_total: int | None,
+    ) -> None:
+        self.sink = _Sink(path, schema)
+        self.q_path = q_path
+        self.q_schema = q_schema
+        self.quarantine: _Sink | None = None  # made with the first invalid row
+        self.progress = progress
+        self.rows_total = rows_total
+        self.reasons: dict[str, int] = {}
+        self.rows_in = self.scored = self.chunks = 0
+
+    def add(self, rows: int, predicted: pl.DataFrame | None, bad: pl.DataFrame | None) -> None:
+        if bad is not None and bad.height:
+            if self.quarantine is None:
+                if self.q_path is None:  # _score_chunk raised already; kept for the type checker
+                    msg = "invalid rows without a quarantine path"
+                    raise InvariantError(msg)
+                self.quarantine = _Sink(self.q_path, self.q_schema)
+            self.quarantine.write(bad)
+            for reason, n in bad.get_column(FAILED).explode().value_counts().iter_rows():
+                self.reasons[str(reason)] = self.reasons.get(str(reason), 0) + int(n)
+        if predicted is not None and predicted.height:
+            self.sink.write(predicted)
+            self.scored += predicted.height
+        self.rows_in += rows
+        self.chunks += 1
+        if self.progress is not None:
+            self.progress(self.rows_in, self.rows_total, "rows")
+
+    def discard(self) -> None:
+        self.sink.discard()
+        if self.quarantine is not None:
+            self.quarantine.discard()
 
 
 def _check_columns(
@@ -362,13 +481,15 @@ def _check_columns(
 
 
 def _predictor(
-    bundle: Bundle, engine: Engine, context: str
+    bundle: Bundle, engine: Engine, context: str, *, threads: int | None = None
 ) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """The bundle's predict function for ``engine``, model loaded; ``threads`` caps ONNX
+    Runtime's (a Ray task has one CPU; scikit-learn's OpenMP follows Ray's OMP_NUM_THREADS)."""
     if engine == "onnx":
         from ductwork.ml.onnx import OnnxPredictor
 
         try:
-            return OnnxPredictor.from_bundle(bundle).predict
+            return OnnxPredictor.from_bundle(bundle, threads=threads).predict
         except DataError as exc:
             msg = f"{context}: {exc.message}"
             raise DataError(msg, hint=exc.hint) from None
@@ -420,3 +541,314 @@ def _first_problem(context: str, bundle: Bundle, bad: pl.DataFrame) -> DataError
     else:
         msg = f"{context}: column '{column}' breaks the model's input contract ({rule}): {shown} {where}"
     return DataError(msg, hint=hint)
+
+
+# ------------------------------------------------------------------------- fan-out on Ray
+class ChunkFailed(RuntimeError):
+    """A chunk could not be scored on a Ray worker (the worker died, or the model raised).
+
+    Not a :class:`DuctworkError`: like any unexpected error it may be transient (a worker out
+    of memory), so the stage's ``retries`` re-run it. The message names the chunk's rows.
+    """
+
+
+def _use_ray(fan_out: FanOut, rows_total: int | None, chunk_rows: int) -> bool:
+    if rows_total == 0:
+        return False  # nothing to fan out
+    if fan_out == "ray":
+        return True
+    if fan_out == "none" or (rows_total is not None and rows_total <= chunk_rows):
+        return False  # one chunk: a Ray task would add a hop and a model load, nothing else
+    return _in_ray_worker()
+
+
+def _in_ray_worker() -> bool:
+    """Whether this process is a Ray worker (a stage under ``executor: ray``).
+
+    Looked up in ``sys.modules`` only: a process that never imported Ray is not one, and
+    stays free of its import cost.
+    """
+    ray: Any = sys.modules.get("ray")
+    if ray is None:
+        return False
+    try:
+        return bool(ray.is_initialized()) and (
+            ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+        )
+    except Exception:  # a Ray without these APIs: score here
+        return False
+
+
+class _RaySession:
+    """The Ray connection of ``fan_out: ray`` outside a Ray worker, shared by the stages
+    of this process that score at once, and closed by the last of them when it opened it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.owned = False
+
+
+_SESSION = _RaySession()
+
+
+@contextlib.contextmanager
+def _ray_session(context: str, address: str | None) -> Iterator[Any]:
+    """Ray, initialised: the current connection, else ``address`` (``DUCTWORK_RAY_ADDRESS``),
+    else ``RAY_ADDRESS``, else a local cluster on 127.0.0.1 that is stopped afterwards."""
+    ray: Any = import_optional("ray", extra="ray", feature=f"{context}: fan_out: ray")
+    with _SESSION.lock:
+        if not ray.is_initialized():
+            _ray_connect(ray, context, address or os.environ.get("RAY_ADDRESS") or "local")
+            _SESSION.owned = True
+        _SESSION.users += 1
+    try:
+        yield ray
+    finally:
+        with _SESSION.lock:
+            _SESSION.users -= 1
+            if _SESSION.users == 0 and _SESSION.owned:
+                _SESSION.owned = False
+                with contextlib.suppress(Exception):
+                    ray.shutdown()  # stops a local cluster; only disconnects from a remote one
+
+
+def _ray_connect(ray: Any, context: str, address: str) -> None:
+    quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address == "local":
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(
+                address="local",
+                num_cpus=os.cpu_count() or 1,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                **quiet,
+            )
+        else:
+            ray.init(address=address, **quiet)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = (
+            f"{context}: fan_out: ray cannot connect to the Ray cluster at {address}: "
+            f"{type(exc).__name__}: {text}"
+        )
+        raise SourceError(
+            msg,
+            hint="Set DUCTWORK_RAY_ADDRESS (or RAY_ADDRESS) to the cluster, or unset both to "
+            "start a local one. Clusters started with `ray start` use token authentication: "
+            "set RAY_AUTH_MODE=token here too, with the cluster's token in ~/.ray/auth_token.",
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _ChunkJob:
+    """What every chunk task of one scoring run gets besides its rows (a few hundred bytes).
+
+    ``bundle_files`` holds the ObjectRef of the bundle's files inside a list, so Ray does not
+    fetch it with every task: a worker fetches it once, on its first chunk of that bundle.
+    """
+
+    bundle_sha: str
+    bundle_files: list[Any]
+    bundle_path: str  # for messages: where the bundle is on the machine that read it
+    engine: Engine
+    spec: _ChunkSpec
+
+
+@dataclass
+class _ChunkResult:
+    worker: str  # host:pid
+    predicted: pa.Table | None = None
+    bad: pa.Table | None = None
+    error: tuple[type[DuctworkError], str, str | None] | None = None  # class, message, hint
+    crash: tuple[str, str] | None = None  # an unexpected exception: "Type: text", traceback
+
+
+@dataclass
+class _Pending:
+    ref: Any
+    first: int  # the chunk's first row (0-based, as _row)
+    rows: int
+    index: int  # 1-based
+
+
+def _bundle_files(bundle: Bundle) -> tuple[str, dict[str, bytes]]:
+    """The bundle directory's files (relative path -> bytes) and their sha256 together."""
+    files: dict[str, bytes] = {}
+    digest = hashlib.sha256()
+    for path in sorted(p for p in bundle.path.rglob("*") if p.is_file()):
+        name = path.relative_to(bundle.path).as_posix()
+        files[name] = data = path.read_bytes()
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest(), files
+
+
+_WORKER_MODELS: collections.OrderedDict[tuple[str, str], tuple[Bundle, Predictor]] = (
+    collections.OrderedDict()
+)
+_WORKER_MODELS_KEPT = 2  # bundles a worker process keeps loaded (a long-lived worker)
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_model(job: _ChunkJob) -> tuple[Bundle, Predictor]:
+    """The bundle and its predictor in this worker process, loaded once per bundle sha."""
+    key = (job.bundle_sha, job.engine)
+    with _WORKER_LOCK:
+        found = _WORKER_MODELS.get(key)
+        if found is not None:
+            _WORKER_MODELS.move_to_end(key)
+            return found
+        import ray
+
+        files: dict[str, bytes] = ray.get(job.bundle_files[0])
+        directory = Path(tempfile.mkdtemp(prefix="ductwork-bundle-"))
+        try:
+            for name, data in files.items():
+                target = directory / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            del files
+            bundle = Bundle.load(directory)
+            # reads the model files; one thread: the task has one CPU
+            predict = _predictor(bundle, job.engine, job.spec.context, threads=1)
+        except DuctworkError as exc:  # name the bundle as the stage knows it
+            exc.message = exc.message.replace(str(directory), job.bundle_path)
+            raise
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        _WORKER_MODELS[key] = (bundle, predict)
+        while len(_WORKER_MODELS) > _WORKER_MODELS_KEPT:
+            _WORKER_MODELS.popitem(last=False)
+        return bundle, predict
+
+
+def _score_chunk_task(table: pa.Table, offset: int, job: _ChunkJob) -> _ChunkResult:
+    """The Ray task: score one chunk (an Arrow table from the object store) on a worker.
+
+    Errors come back as values, not exceptions, so the stage re-raises a contract error as
+    it is raised locally (same class, message and hint).
+    """
+    result = _ChunkResult(worker=f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        bundle, predict = _worker_model(job)
+        chunk = cast(pl.DataFrame, pl.from_arrow(table))
+        predicted, bad = _score_chunk(bundle, predict, chunk, offset, job.spec)
+        result.predicted = predicted.to_arrow() if predicted is not None else None
+        result.bad = bad.to_arrow() if bad is not None else None
+    except DuctworkError as exc:
+        result.error = (type(exc), exc.message, exc.hint)
+    except Exception as exc:
+        result.crash = (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    return result
+
+
+_REMOTE: dict[str, Any] = {}
+
+
+def _remote_scorer(ray: Any) -> Any:
+    """The Ray remote function, made once per process (one CPU per chunk; a chunk whose
+    worker died is re-run: scoring is a pure function of the rows)."""
+    if "score" not in _REMOTE:
+        _REMOTE["score"] = ray.remote(num_cpus=1, max_retries=3)(_score_chunk_task)
+    return _REMOTE["score"]
+
+
+def _score_on_ray(
+    ray: Any,
+    chunks: Iterator[pl.DataFrame],
+    bundle: Bundle,
+    engine: Engine,
+    spec: _ChunkSpec,
+    out: _Outputs,
+    chunk_rows: int,
+) -> dict[str, int]:
+    """Score ``chunks`` as Ray tasks and write their results to ``out`` in input order.
+
+    Each chunk goes to the object store as an Arrow table (``ray.put``); at most twice as many
+    chunks as the cluster has CPUs are in flight (submitted and not yet written), so memory
+    stays bounded whatever the input's size. Returns the chunks each worker scored.
+    """
+    sha, files = _bundle_files(bundle)
+    job = _ChunkJob(
+        bundle_sha=sha,
+        bundle_files=[ray.put(files)],
+        bundle_path=str(bundle.path),
+        engine=engine,
+        spec=spec,
+    )
+    del files
+    remote = _remote_scorer(ray)
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    limit = max(2, 2 * int(cpus))
+    total = -(-out.rows_total // chunk_rows) if out.rows_total is not None else None
+    pending: collections.deque[_Pending] = collections.deque()
+    workers: dict[str, int] = {}
+
+    def write_ready(block: bool) -> None:
+        """Write the finished chunks at the head of the queue (waiting for the first one)."""
+        while pending:
+            head = pending[0]
+            ready, _ = ray.wait([head.ref], num_returns=1, timeout=None if block else 0)
+            if not ready:
+                return
+            result = _chunk_result(ray, head, total, spec.context)
+            pending.popleft()
+            predicted = _from_arrow(result.predicted)
+            bad = _from_arrow(result.bad)
+            out.add(head.rows, predicted, bad)
+            workers[result.worker] = workers.get(result.worker, 0) + 1
+            block = False
+
+    offset = index = 0
+    try:
+        for chunk in chunks:
+            index += 1
+            ref = remote.remote(ray.put(chunk.to_arrow()), offset, job)
+            pending.append(_Pending(ref, offset, chunk.height, index))
+            offset += chunk.height
+            del chunk
+            write_ready(block=len(pending) >= limit)
+        while pending:
+            write_ready(block=True)
+    except BaseException:
+        for p in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(p.ref)
+        raise
+    return workers
+
+
+def _from_arrow(table: pa.Table | None) -> pl.DataFrame | None:
+    return None if table is None else cast(pl.DataFrame, pl.from_arrow(table))
+
+
+def _chunk_result(ray: Any, chunk: _Pending, total: int | None, context: str) -> _ChunkResult:
+    """The chunk's result, or the error it ended with, raised here."""
+    last = chunk.first + chunk.rows - 1
+    of = f" of {total:,}" if total is not None else ""
+    where = f"rows {chunk.first:,}-{last:,} (chunk {chunk.index:,}{of})"
+    try:
+        result: _ChunkResult = ray.get(chunk.ref)
+    except Exception as exc:  # the worker died (killed, out of memory) after its retries
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = (
+            f"{context}: {where} could not be scored on a Ray worker: "
+            f"{type(exc).__name__}: {text}. A worker that runs out of memory needs a smaller "
+            "chunk_rows; the worker logs are in the Ray session directory "
+            "(…/ray/session_latest/logs)."
+        )
+        raise ChunkFailed(msg) from exc
+    if result.error is not None:  # a contract error (it names its row): as raised locally
+        cls, message, hint = result.error
+        error = cls.__new__(cls)
+        DuctworkError.__init__(error, message, hint=hint)
+        raise error
+    if result.crash is not None:
+        text, remote_tb = result.crash
+        failed = ChunkFailed(f"{context}: scoring {where} failed on {result.worker}: {text}")
+        failed.add_note(f"the worker's traceback:\n{remote_tb}")
+        raise failed
+    return result

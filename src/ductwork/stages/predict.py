@@ -8,6 +8,10 @@ contract first: rows that break it (an unknown category, text in a numeric colum
 training had none) go to the ``quarantine`` output with the reasons, or fail the stage with
 ``on_invalid: fail``. Every input row is in exactly one of the two outputs.
 
+Under ``executor: ray`` (or with ``fan_out: ray``) the chunks are scored by Ray tasks spread
+over the cluster; the stage gathers them in input order and writes the same files, so the
+artifacts have the same sha256 as a local run's.
+
 ``predictions`` has the ``keep`` columns, ``prediction``, one ``proba_<class>`` per class (for
 classifiers) and ``model_version``: ``NAME/VERSION`` for a registry reference, else the bundle's
 model id. With a registry reference the stage's fingerprint includes the version the alias
@@ -59,6 +63,15 @@ class PredictParams(StageParams):
     on_invalid: Literal["quarantine", "fail"] = Field(
         default="quarantine",
         description="Rows that break the model's input contract: quarantine them, or fail.",
+    )
+    fan_out: Literal["auto", "none", "ray"] = Field(
+        default="auto",
+        description=(
+            "Where the chunks are scored: auto (as Ray tasks over the cluster when the stage "
+            "runs on Ray and has more than one chunk, else in the stage), none (in the stage) "
+            "or ray (as Ray tasks; outside executor: ray on DUCTWORK_RAY_ADDRESS, RAY_ADDRESS "
+            "or a local cluster). The outputs are the same."
+        ),
     )
 
     @field_validator("keep")
@@ -121,6 +134,11 @@ class Predict(StageKind[PredictParams]):
             bundle, label = resolve_model(params.model or "", project_dir=ctx.project_dir)
         predictions = ctx.tmp_dir / PREDICTIONS_FILE
         quarantine = ctx.tmp_dir / QUARANTINE_FILE
+        ray_address = None
+        if params.fan_out == "ray":  # the cluster, when this process is not connected to one
+            from ductwork.config import load_settings
+
+            ray_address = load_settings(ctx.project_dir).ray_address
         summary = score_file(
             bundle,
             data.lazy(),
@@ -134,6 +152,8 @@ class Predict(StageKind[PredictParams]):
             progress=ctx.progress,
             rows_total=data.rows,
             context=f"stage '{ctx.stage}'",
+            fan_out=params.fan_out,
+            ray_address=ray_address,
         )
         ctx.metric(
             rows_in=summary.rows_in,
@@ -142,7 +162,11 @@ class Predict(StageKind[PredictParams]):
             quarantine_reasons=summary.reasons,
             model_version=label,
             engine=params.engine,
+            fan_out=summary.fan_out,
+            chunks=summary.chunks,
         )
+        if summary.chunk_workers:
+            ctx.metric(chunk_workers=summary.chunk_workers)
         return {
             "predictions": pl.scan_parquet(predictions),
             "quarantine": pl.scan_parquet(quarantine),
