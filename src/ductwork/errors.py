@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class DuctworkError(Exception):
@@ -22,6 +23,20 @@ class DuctworkError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message}\n{hint}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the hint and the subclass's fields across processes (pool and Ray workers):
+        # the default pickling re-calls __init__ with ``args`` and loses the keywords
+        return (_restore_error, (type(self), self.args, self.__dict__))
+
+
+def _restore_error(
+    cls: type[DuctworkError], args: tuple[Any, ...], state: dict[str, Any]
+) -> DuctworkError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class UsageError(DuctworkError):

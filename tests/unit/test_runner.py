@@ -276,3 +276,16 @@ def test_dry_run_shows_the_preview_and_a_run_sums_what_it_spent(
     summary = events[-1]
     assert isinstance(summary, RunFinished)
     assert summary.usage == {}
+
+
+def test_errors_keep_their_hint_and_fields_across_processes() -> None:
+    import pickle
+
+    from ductwork.errors import MissingExtra, StageFailed
+
+    err = pickle.loads(pickle.dumps(StageFailed("enrich", "no answer", hint="re-run it")))
+    assert isinstance(err, StageFailed)
+    assert (err.stage, err.hint, err.exit_code) == ("enrich", "re-run it", 1)
+    assert str(err) == "stage 'enrich' failed: no answer\nre-run it"
+    extra = pickle.loads(pickle.dumps(MissingExtra("torch", "ai", "the embed stage")))
+    assert extra.message == MissingExtra("torch", "ai", "the embed stage").message
