@@ -34,6 +34,8 @@ if __name__ == "__main__":
             *(["--repeat", "1", "--long-trials", "0"] if quick else ["--repeat", "3"]),
         ],
         [sys.executable, str(HERE / "bench_ml.py"), "--repeat", "1" if quick else "3"],
+        [sys.executable, str(HERE / "bench_executors.py"), *(["--quick"] if quick else [])],
+        [sys.executable, str(HERE / "bench_scale.py"), *(["--quick"] if quick else [])],
     ]
     if quick:
         env["BURN_N"] = "2000000"
